@@ -1,0 +1,7 @@
+"""sarmae: SAR object detection with masked auto-encoder pre-training.
+
+Pipeline (the paper's Figure 1): ``data`` -> ``models`` (vit, mae, vitdet) ->
+``engine`` (pretrain, finetune, evaluate, predict) -> ``cli``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,172 @@
+"""The ``sarmae`` command line: one entry point, one subcommand per pipeline stage.
+
+Heavy imports (torch, Lightning) happen inside each command so ``sarmae --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sarmae import __version__
+from sarmae.errors import SarmaeError
+
+TRAIN_EPILOG = (
+    "Overrides are dotted key=value pairs parsed as YAML, e.g. epochs=10 batch_size=64 "
+    "data.images=/sar/archive out=runs/pretrain/mine. The effective config is saved in the run folder."
+)
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from sarmae.data.synth import write_dataset
+
+    summary = write_dataset(
+        Path(args.out),
+        train=args.train,
+        val=args.val,
+        test=args.test,
+        unlabeled=args.unlabeled,
+        size=args.size,
+        seed=args.seed,
+    )
+    print(summary)
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from sarmae.data.check import check_dataset
+
+    report = check_dataset(Path(args.root), splits=args.splits)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from sarmae.config import load_config
+    from sarmae.engine.pretrain import run_pretrain
+
+    run_pretrain(load_config(args.config, args.overrides))
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from sarmae.config import load_config
+    from sarmae.engine.finetune import run_finetune
+
+    run_finetune(load_config(args.config, args.overrides))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from sarmae.engine.evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(
+        Path(args.checkpoint),
+        data_root=Path(args.data),
+        split=args.split,
+        out=Path(args.out) if args.out else None,
+        max_dets=args.max_dets,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from sarmae.engine.predict import predict
+
+    predict(
+        Path(args.checkpoint),
+        args.inputs,
+        out=Path(args.out),
+        score_threshold=args.score_threshold,
+        device=args.device,
+    )
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from sarmae.engine.reconstruct import reconstruct
+
+    reconstruct(Path(args.checkpoint), args.inputs, out=Path(args.out), seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sarmae",
+        description="SAR object detection with MAE self-supervised pre-training "
+        "(MAE pre-training -> ViTDet fine-tuning -> COCO evaluation).",
+    )
+    parser.add_argument("--version", action="version", version=f"sarmae {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="make or validate datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    synth = data_sub.add_parser(
+        "synth", help="write the embedded synthetic SAR detection benchmark (SARDet-100K layout)"
+    )
+    synth.add_argument("out", help="output dataset root")
+    synth.add_argument("--train", type=int, default=400, help="labeled training images")
+    synth.add_argument("--val", type=int, default=100, help="labeled validation images")
+    synth.add_argument("--test", type=int, default=100, help="labeled test images")
+    synth.add_argument("--unlabeled", type=int, default=1000, help="unlabeled images for pre-training")
+    synth.add_argument("--size", type=int, default=256, help="image side in pixels")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
+    synth.set_defaults(func=_cmd_data_synth)
+    check = data_sub.add_parser("check", help="validate a COCO / SARDet-100K dataset and print a report")
+    check.add_argument("root", help="dataset root holding Annotations/ and JPEGImages/")
+    check.add_argument("--splits", nargs="*", default=None, help="splits to check (default: all found)")
+    check.set_defaults(func=_cmd_data_check)
+
+    for name, func, text in (
+        ("pretrain", _cmd_pretrain, "MAE self-supervised pre-training of a ViT on SAR images"),
+        ("finetune", _cmd_finetune, "ViTDet (ViT + Simple FPN + Faster R-CNN) fine-tuning"),
+    ):
+        cmd = sub.add_parser(name, help=text, description=text, epilog=TRAIN_EPILOG)
+        cmd.add_argument("config", help="YAML config: a path or a name in configs/ (e.g. mae_tiny)")
+        cmd.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+        cmd.set_defaults(func=func)
+
+    ev = sub.add_parser("evaluate", help="COCO bbox metrics of a detector checkpoint on a dataset split")
+    ev.add_argument("checkpoint", help="detector checkpoint (weights/best.ckpt of a finetune run)")
+    ev.add_argument("--data", required=True, help="dataset root")
+    ev.add_argument("--split", default="val", help="split name (Annotations/<split>.json)")
+    ev.add_argument("--out", default=None, help="folder for metrics.json and results.json")
+    ev.add_argument("--max-dets", type=int, default=100, help="detections per image kept and scored")
+    ev.add_argument("--batch-size", type=int, default=4)
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="run a detector on images, folders or globs")
+    pr.add_argument("checkpoint", help="detector checkpoint")
+    pr.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    pr.add_argument("--out", required=True, help="output folder (predictions.json + rendered images)")
+    pr.add_argument("--score-threshold", type=float, default=0.3, help="minimum score drawn and saved")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    pr.set_defaults(func=_cmd_predict)
+
+    rc = sub.add_parser("reconstruct", help="MAE reconstruction figure (original | masked | reconstruction)")
+    rc.add_argument("checkpoint", help="MAE checkpoint (weights/last.ckpt of a pretrain run)")
+    rc.add_argument("inputs", nargs="+", help="image files or folders")
+    rc.add_argument("--out", required=True, help="output PNG file")
+    rc.add_argument("--seed", type=int, default=0, help="seed of the random mask")
+    rc.set_defaults(func=_cmd_reconstruct)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SarmaeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""YAML configs with ``key=value`` dotted overrides.
+
+A config is a plain nested dict. ``_base_: other.yaml`` (relative path) merges a parent config first,
+so each paper experiment is one small file. Override values are parsed as YAML, so ``epochs=3``,
+``data.strict=true`` and ``model.global_blocks=[2,5]`` get their natural types.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sarmae.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """Find a config by path, or by name inside the project's ``configs/`` folder."""
+    path = Path(name)
+    candidates = [path, CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config {name}: no such file (looked in . and {CONFIG_DIR})")
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge; ``update`` wins. Returns a new dict."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: the top level must be a mapping of keys")
+    base = data.pop("_base_", None)
+    if base is not None:
+        data = merge(load_yaml((path.parent / base).resolve()), data)
+    return data
+
+
+def set_dotted(cfg: dict, key: str, value: Any) -> None:
+    """Set ``cfg['a']['b'] = value`` for ``key='a.b'``, creating missing levels."""
+    node = cfg
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: '{part}' is a value ({child!r}), not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def get_dotted(cfg: dict, key: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text or text.startswith("="):
+        raise ConfigError(f"override '{text}': expected key=value, e.g. epochs=10 or data.root=/data")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Load a YAML config and apply ``key=value`` overrides in order."""
+    cfg = load_yaml(resolve_config_path(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(cfg, key, value)
+    return cfg
+
+
+def save_config(cfg: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))

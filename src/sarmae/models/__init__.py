@@ -1,0 +1,1 @@
+"""Models: the ViT encoder (``vit``), its MAE pre-training wrapper (``mae``) and the detector (``vitdet``)."""

@@ -1,0 +1,51 @@
+"""Plain ViT pieces shared by the MAE encoder and the ViTDet backbone.
+
+Both models use the reference MAE / timm key names (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
+``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``) so weights move 1:1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sarmae.errors import ConfigError
+
+# Named encoder sizes. "tiny" is this project's CPU size (tests, demo), not timm's ViT-Ti (12 blocks).
+VIT_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"embed_dim": 192, "depth": 6, "num_heads": 3},
+    "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+    "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
+}
+
+
+def vit_size(name: str) -> dict[str, int]:
+    """Encoder hyper-parameters for a named size (``tiny``, ``small``, ``base``, ``large``)."""
+    if name not in VIT_SIZES:
+        raise ConfigError(f"model.size={name!r}: unknown ViT size; choose one of {', '.join(VIT_SIZES)}")
+    return dict(VIT_SIZES[name])
+
+
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """(M,) positions -> (M, dim) embedding, ``[sin | cos]`` halves, MAE's frequencies 1/10000^(i/(dim/2))."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even dim, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+    angles = positions.double().reshape(-1, 1) * omega.reshape(1, -1)
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def sincos_2d(dim: int, grid_size: int, cls_token: bool = False) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding, (grid_size**2 [+1], dim), float32.
+
+    Matches MAE's ``get_2d_sincos_pos_embed``: tokens in row-major order; the first dim/2 channels
+    encode the column (x) index, the last dim/2 the row (y) index; an optional zero row for the cls token.
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding needs dim divisible by 4, got {dim}")
+    coords = torch.arange(grid_size, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    emb = torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1)
+    if cls_token:
+        emb = torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0)
+    return emb.float()
