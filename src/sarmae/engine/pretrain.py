@@ -1,0 +1,245 @@
+"""MAE pre-training (paper II-A, III-B) as a Lightning module, plus the ``sarmae pretrain`` entry point.
+
+Recipe (reference MAE): AdamW betas (0.9, 0.95), weight decay 0.05 except biases / norms / pos embeddings,
+lr = blr x effective_batch / base_batch, linear warm-up then half-cycle cosine, stepped every iteration.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from sarmae.config import get_dotted
+from sarmae.data.io import IntensityScaling
+from sarmae.data.robust import SkipBadSamples, collate_skip_bad
+from sarmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, mae_transforms
+from sarmae.data.unlabeled import UnlabeledImages
+from sarmae.engine.runs import (
+    CsvMetrics,
+    build_trainer,
+    capture_rng_state,
+    prepare_run_dir,
+    resolve_resume,
+    restore_rng_state,
+)
+from sarmae.errors import ConfigError
+from sarmae.models.checkpoints import save_encoder_safetensors
+from sarmae.models.mae import MaskedAutoencoder, build_mae
+
+METRIC_COLUMNS = ["epoch", "step", "loss", "lr", "images_per_s"]
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """lr multiplier at iteration ``step``: linear warm-up over ``warmup`` steps, then half-cycle cosine."""
+    if warmup > 0 and step < warmup:
+        return step / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def no_decay(name: str, param: torch.Tensor) -> bool:
+    """Biases, norm weights (all 1-D tensors) and position embeddings get no weight decay."""
+    return param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name
+
+
+class MAEPretraining(L.LightningModule):
+    """Wraps :class:`MaskedAutoencoder` (at ``self.model``) with the optimiser, schedule and logging."""
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        self.save_hyperparameters({"cfg": cfg})
+        self.cfg = cfg
+        self.model: MaskedAutoencoder = build_mae(cfg.get("model") or {})
+        self.csv_rows: list[dict] = []
+        self._skipped = 0
+        self._seen = 0
+        self._tic = time.perf_counter()
+        self._compiled = None
+
+    def configure_model(self) -> None:
+        if get_dotted(self.cfg, "trainer.compile", False) and self._compiled is None:
+            object.__setattr__(self, "_compiled", torch.compile(self.model))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (self._compiled or self.model)(images)
+
+    def training_step(self, batch: tuple[torch.Tensor, int], batch_idx: int) -> torch.Tensor:
+        images, n_skipped = batch
+        self._skipped += int(n_skipped)
+        loss, _, _ = self(images)
+        self._seen += images.shape[0]
+        lr = self.optimizers().param_groups[0]["lr"]
+        self.log("loss", loss, prog_bar=True)
+        self.log("lr", lr, prog_bar=True)
+        every = self.trainer.log_every_n_steps
+        if (self.global_step + 1) % every == 0 or self.trainer.is_last_batch:
+            now = time.perf_counter()
+            speed = self._seen * self.trainer.world_size / max(now - self._tic, 1e-9)
+            self._seen, self._tic = 0, now
+            self.log("img/s", speed, prog_bar=True)
+            self.csv_rows.append(
+                {
+                    "epoch": self.current_epoch,
+                    "step": self.global_step + 1,
+                    "loss": f"{loss.item():.6f}",
+                    "lr": f"{lr:.6e}",
+                    "images_per_s": f"{speed:.2f}",
+                }
+            )
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._tic, self._seen = time.perf_counter(), 0
+
+    def on_train_epoch_end(self) -> None:
+        skipped = int(self.trainer.strategy.reduce(torch.tensor(float(self._skipped)), reduce_op="sum"))
+        if skipped and self.trainer.is_global_zero:
+            print(f"epoch {self.current_epoch}: skipped {skipped} unreadable images (warnings above name them)")
+        self._skipped = 0
+
+    def configure_optimizers(self):
+        ocfg = self.cfg.get("optim") or {}
+        batch = int(self.cfg["batch_size"]) * self.trainer.accumulate_grad_batches * self.trainer.world_size
+        lr = float(ocfg.get("lr") or float(ocfg.get("blr", 1.5e-4)) * batch / float(ocfg.get("base_batch", 256)))
+        decay, plain = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                (plain if no_decay(name, param) else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": float(ocfg.get("weight_decay", 0.05))},
+                {"params": plain, "weight_decay": 0.0},
+            ],
+            lr=lr,
+            betas=tuple(ocfg.get("betas", (0.9, 0.95))),
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = int(round(total * float(ocfg.get("warmup_epochs", 40)) / max(1, int(self.cfg["epochs"]))))
+        min_ratio = float(ocfg.get("min_lr", 0.0)) / lr
+
+        def schedule(step: int) -> float:
+            return warmup_cosine(step, total, warmup, min_ratio)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_state"] = capture_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        restore_rng_state(checkpoint.get("rng_state"))
+
+
+def pretrain_sources(cfg: dict) -> list[Path]:
+    """Unlabeled image sources: ``data.images`` (folders, a list allowed) and/or a COCO json of ``data.root``."""
+    data = cfg.get("data") or {}
+    sources: list[Path] = []
+    images = data.get("images")
+    if images:
+        sources += [Path(p) for p in (images if isinstance(images, list) else [images])]
+    if data.get("root"):
+        sources.append(Path(data["root"]) / "Annotations" / f"{data.get('split', 'train')}.json")
+    if not sources:
+        raise ConfigError("no pre-training images: set data.images=FOLDER or data.root=SARDET100K_ROOT")
+    return sources
+
+
+def build_pretrain_dataset(cfg: dict) -> SkipBadSamples:
+    data = cfg.get("data") or {}
+    transform = mae_transforms(
+        size=int(get_dotted(cfg, "model.img_size", 256)),
+        random_resized_crop=bool(data.get("random_resized_crop", False)),
+        mean=tuple(data.get("mean", IMAGENET_MEAN)),
+        std=tuple(data.get("std", IMAGENET_STD)),
+    )
+    images = UnlabeledImages(
+        pretrain_sources(cfg), transform=transform, scaling=IntensityScaling.from_config(data.get("scaling"))
+    )
+    return SkipBadSamples(images, strict=bool(data.get("strict", False)))
+
+
+class ReconstructionFigures(Callback):
+    """Every ``every`` epochs, save the reconstruction figure (paper Figure 2) of a few fixed images."""
+
+    def __init__(self, cfg: dict, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        self.every = int(get_dotted(cfg, "figure.every", 0) or 0)
+        self.count = int(get_dotted(cfg, "figure.images", 4))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if not trainer.is_global_zero or self.every <= 0:
+            return
+        if epoch % self.every and epoch != trainer.max_epochs:
+            return
+        from sarmae.engine.reconstruct import save_reconstruction_figure
+
+        save_reconstruction_figure(
+            pl_module.model,
+            pretrain_sources(self.cfg),
+            self.run_dir / "figures" / f"reconstruction_epoch{epoch:03d}.png",
+            cfg=self.cfg,
+            count=self.count,
+        )
+
+
+class ExportEncoder(Callback):
+    """At the end of training write ``encoder.safetensors`` (timm / reference MAE key names)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            save_encoder_safetensors(pl_module.model, self.run_dir / "encoder.safetensors")
+
+
+def run_pretrain(cfg: dict) -> Path:
+    """``sarmae pretrain``: train, checkpoint every epoch, export the encoder. Returns the run folder."""
+    for key in ("epochs", "batch_size"):
+        if key not in cfg:
+            raise ConfigError(f"config has no '{key}': add it to the YAML or pass {key}=N")
+    L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
+    run_dir = prepare_run_dir(cfg, "pretrain")
+    resume = resolve_resume(cfg, run_dir)
+    dataset = build_pretrain_dataset(cfg)
+    batch_size = int(cfg["batch_size"])
+    workers = int(get_dotted(cfg, "data.workers", 4))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=collate_skip_bad,
+        drop_last=len(dataset) >= 2 * batch_size,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+    save_every = int(get_dotted(cfg, "trainer.save_every", 0) or 0)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "weights",
+        filename="epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+        every_n_epochs=save_every or None,
+        save_top_k=-1 if save_every else 0,
+        save_last=True,
+        save_on_train_epoch_end=True,
+    )
+    module = MAEPretraining(cfg)
+    trainer = build_trainer(
+        cfg,
+        run_dir,
+        [CsvMetrics(run_dir / "metrics.csv", METRIC_COLUMNS), ReconstructionFigures(cfg, run_dir),
+         ExportEncoder(run_dir)],
+        checkpoint=checkpoint,
+    )
+    if trainer.is_global_zero:
+        print(f"pre-training {len(dataset)} images -> {run_dir}" + (f" (resuming {resume})" if resume else ""))
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
+    return run_dir
