@@ -12,7 +12,6 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -78,7 +77,7 @@ class MaskedAutoencoder(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """Reference init: fixed sin-cos positions, xavier-uniform Linears (and patch proj), N(0, .02) tokens."""
+        """Reference init: fixed sin-cos positions, xavier-uniform Linears/patch proj, N(0, .02) tokens."""
         with torch.no_grad():
             self.pos_embed.copy_(sincos_2d(self.pos_embed.shape[-1], self.grid_size, cls_token=True)[None])
             self.decoder_pos_embed.copy_(

@@ -1,0 +1,254 @@
+"""COCO / SARDet-100K detection dataset for torchvision detectors.
+
+Layout: ``ROOT/Annotations/{split}.json`` with images in ``ROOT/JPEGImages/{split}/`` (the released
+SARDet-100K) or flat in ``ROOT/JPEGImages/`` (the toolkit's config), resolved per file. The json is
+parsed once, up front, with plain dicts (no pycocotools): every annotation error is reported at
+construction, naming the json and the annotation, instead of hours into a run.
+
+Boxes are packed into one array with per-image offsets, so forked loader workers share them instead
+of touching (and copying) one Python object per image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from sarmae.data.io import IntensityScaling, read_image
+from sarmae.errors import DataError
+
+# SARDet-100K category ids 0..5, in this order (MSFA toolkit tuple).
+SARDET_CLASSES: tuple[str, ...] = ("ship", "aircraft", "car", "tank", "bridge", "harbor")
+
+
+def load_coco_json(path: str | Path) -> dict:
+    """Load a COCO json and check its shape; ``info``/``licenses`` are added empty when missing
+    (SARDet-100K has neither, and COCO evaluators expect them). ``annotations`` defaults to []."""
+    path = Path(path)
+    if not path.is_file():
+        hint = ""
+        if path.parent.is_dir():
+            found = sorted(p.stem for p in path.parent.glob("*.json"))
+            hint = f" (found: {', '.join(found)})" if found else " (no .json files there)"
+        raise DataError(f"annotation file {path}: not found{hint}; expected ROOT/Annotations/<split>.json")
+    try:
+        with open(path, "rb") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}); fix or re-export it"
+        ) from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"{path}: cannot read JSON ({exc}); fix or re-export it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(f"{path}: not a COCO annotation file (no 'images' list at the top level)")
+    annotations = data.setdefault("annotations", [])
+    if not isinstance(annotations, list):
+        raise DataError(f"{path}: 'annotations' must be a list of objects")
+    data.setdefault("info", {})
+    data.setdefault("licenses", [])
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or not isinstance(img.get("file_name"), str) or "id" not in img:
+            raise DataError(f"{path}: images[{i}] needs an 'id' and a 'file_name'; fix the json")
+    return data
+
+
+def split_root(ann_file: str | Path) -> tuple[Path, str]:
+    """``ROOT/Annotations/val.json`` -> ``(ROOT, "val")``; a json elsewhere uses its own folder as ROOT."""
+    ann_file = Path(ann_file)
+    root = ann_file.parent.parent if ann_file.parent.name == "Annotations" else ann_file.parent
+    return root, ann_file.stem
+
+
+def image_candidates(root: Path, split: str, file_name: str) -> tuple[Path, Path]:
+    """Where an image may live: the per-split folder first, then the flat ``JPEGImages/``."""
+    return root / "JPEGImages" / split / file_name, root / "JPEGImages" / file_name
+
+
+def resolve_image_path(root: Path, split: str, file_name: str) -> Path | None:
+    """The first existing candidate of :func:`image_candidates`, or None."""
+    for candidate in image_candidates(root, split, file_name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class CocoDetection(Dataset):
+    """Item ``i`` -> ``(image, target)``.
+
+    ``image``: ``tv_tensors.Image`` float32 ``[3, H, W]`` in [0, 1]. ``target``: ``boxes``
+    (``tv_tensors.BoundingBoxes`` XYXY float32 ``[N, 4]``, clipped to the image), ``labels`` int64 ``[N]``
+    in ``1..K`` (0 is torchvision's background), ``image_id`` (the json id), ``orig_size`` ``(H, W)``.
+
+    Labels follow the sorted category ids: ``label_to_cat_id`` / ``cat_id_to_label`` map both ways and
+    ``class_names[label - 1]`` names a label. Crowd/ignore boxes and boxes empty after clipping are left
+    out of the targets and counted in ``stats``; the evaluator scores against ``coco_gt`` (the raw json).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        transforms: Any = None,
+        scaling: IntensityScaling | None = None,
+        keep_empty: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.transforms = transforms
+        self.scaling = scaling
+        if not self.root.is_dir():
+            raise DataError(
+                f"dataset root {self.root}: no such folder; pass the folder with Annotations/ and JPEGImages/"
+            )
+        self.ann_file = self.root / "Annotations" / f"{split}.json"
+        self.coco_gt = load_coco_json(self.ann_file)
+        self._parse(keep_empty)
+
+    def _parse(self, keep_empty: bool) -> None:
+        src = self.ann_file
+        categories = self.coco_gt.get("categories")
+        if not isinstance(categories, list) or not categories:
+            raise DataError(f"{src}: no 'categories' list; a detection json must name its classes")
+        names: dict[int, str] = {}
+        for cat in categories:
+            cat_id = cat.get("id") if isinstance(cat, dict) else None
+            if not isinstance(cat_id, int) or cat_id in names:
+                raise DataError(f"{src}: category {cat!r} has a missing, non-integer or duplicate id")
+            names[cat_id] = str(cat.get("name", cat_id))
+        cat_ids = sorted(names)
+        self.cat_id_to_label: dict[int, int] = {c: i + 1 for i, c in enumerate(cat_ids)}
+        self.label_to_cat_id: dict[int, int] = {i + 1: c for i, c in enumerate(cat_ids)}
+        self.class_names: tuple[str, ...] = tuple(names[c] for c in cat_ids)
+
+        images = self.coco_gt["images"]
+        index_of: dict[Any, int] = {}
+        sizes = np.zeros((len(images), 2), dtype=np.int64)  # (H, W) from the json
+        for i, img in enumerate(images):
+            if not isinstance(img["id"], int):
+                raise DataError(f"{src}: image id {img['id']!r} ({img['file_name']}) must be an integer")
+            if img["id"] in index_of:
+                raise DataError(f"{src}: image id {img['id']} appears twice; image ids must be unique")
+            index_of[img["id"]] = i
+            try:
+                sizes[i] = int(img["height"]), int(img["width"])
+            except (KeyError, TypeError, ValueError):
+                sizes[i] = 0
+            if sizes[i].min() <= 0:
+                raise DataError(
+                    f"{src}: image id {img['id']} ({img['file_name']}) needs positive 'width' and 'height'"
+                )
+
+        stats = dict.fromkeys(("clipped", "dropped_degenerate", "crowd_ignored"), 0)
+        per_image: list[list[tuple[float, float, float, float, int]]] = [[] for _ in images]
+        for n, ann in enumerate(self.coco_gt["annotations"]):
+            ann_id = ann.get("id", f"#{n}") if isinstance(ann, dict) else f"#{n}"
+            where = f"{src}: annotation {ann_id}"
+            if not isinstance(ann, dict) or ann.get("image_id") not in index_of:
+                image_id = ann.get("image_id") if isinstance(ann, dict) else None
+                raise DataError(f"{where}: image_id {image_id!r} is not in 'images'; fix or remove it")
+            label = self.cat_id_to_label.get(ann.get("category_id"))
+            if label is None:
+                raise DataError(
+                    f"{where}: unknown category_id {ann.get('category_id')!r} (known: {cat_ids}); "
+                    "fix the annotation or add the category"
+                )
+            bbox = ann.get("bbox")
+            if (
+                not isinstance(bbox, (list, tuple))
+                or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+            ):
+                raise DataError(f"{where}: bbox {bbox!r} is not 4 finite numbers [x, y, w, h]; fix it")
+            x, y, w, h = (float(v) for v in bbox)
+            if w < 0 or h < 0:
+                raise DataError(f"{where}: negative box size w={w}, h={h}; COCO boxes are [x, y, w, h]")
+            if ann.get("iscrowd", 0) or ann.get("ignore", 0):
+                stats["crowd_ignored"] += 1
+                continue
+            i = index_of[ann["image_id"]]
+            img_h, img_w = sizes[i]
+            x1, y1 = max(x, 0.0), max(y, 0.0)
+            x2, y2 = min(x + w, float(img_w)), min(y + h, float(img_h))
+            if x2 <= x1 or y2 <= y1:
+                stats["dropped_degenerate"] += 1
+                continue
+            if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+                stats["clipped"] += 1
+            per_image[i].append((x1, y1, x2, y2, label))
+
+        keep = [i for i in range(len(images)) if keep_empty or per_image[i]]
+        counts = np.array([len(per_image[i]) for i in keep], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        rows = np.array([row for i in keep for row in per_image[i]], dtype=np.float64).reshape(-1, 5)
+        self._boxes = rows[:, :4].astype(np.float32)
+        self._labels = rows[:, 4].astype(np.int64)
+        self._index = np.array(keep, dtype=np.int64)  # position in coco_gt["images"]
+        self._sizes = sizes[self._index]
+        empty = sum(1 for boxes in per_image if not boxes)
+        stats.update(
+            images=len(keep),
+            images_in_file=len(images),
+            annotations=len(self.coco_gt["annotations"]),
+            boxes=int(counts.sum()),
+            empty_images=empty,
+            empty_filtered=0 if keep_empty else empty,
+        )
+        self.stats: dict[str, int] = stats
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of object classes (the detector adds 1 for background)."""
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def image_info(self, i: int) -> dict:
+        """The json ``images`` entry of item ``i``."""
+        return self.coco_gt["images"][int(self._index[i])]
+
+    def image_path(self, i: int) -> Path:
+        """Item ``i``'s file: ``JPEGImages/{split}/name`` if it exists, else ``JPEGImages/name``."""
+        name = self.image_info(i)["file_name"]
+        found = resolve_image_path(self.root, self.split, name)
+        return found if found is not None else image_candidates(self.root, self.split, name)[0]
+
+    def __getitem__(self, i: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        info = self.image_info(i)
+        path = resolve_image_path(self.root, self.split, info["file_name"])
+        if path is None:
+            split_dir, flat_dir = (
+                p.parent for p in image_candidates(self.root, self.split, info["file_name"])
+            )
+            raise DataError(
+                f"{info['file_name']} (image id {info['id']} in {self.ann_file}) is in neither {split_dir}/ "
+                f"nor {flat_dir}/; restore the file or remove it from the json"
+            )
+        array = read_image(path, self.scaling)
+        height, width = array.shape[:2]
+        if (height, width) != tuple(int(v) for v in self._sizes[i]):
+            raise DataError(
+                f"{path}: image is {width}x{height} pixels but {self.ann_file} says "
+                f"{self._sizes[i][1]}x{self._sizes[i][0]} (image id {info['id']}); fix the json"
+            )
+        image = tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1).contiguous())
+        start, stop = self._offsets[i], self._offsets[i + 1]
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(self._boxes[start:stop].copy()), format="XYXY", canvas_size=(height, width)
+            ),
+            "labels": torch.from_numpy(self._labels[start:stop].copy()),
+            "image_id": int(info["id"]),
+            "orig_size": (height, width),
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target

@@ -1,0 +1,270 @@
+"""Reading other people's ViT / MAE weights safely, and writing ours in the reference formats.
+
+Every file is untrusted: ``.safetensors`` or ``torch.load(weights_only=True)`` only, so a checkpoint can
+never run code. Supported sources: the official MAE release (``{'model': encoder}``), full MAE training
+checkpoints (encoder + decoder), timm ViT state dicts, our ``encoder.safetensors`` and our Lightning
+``.ckpt`` files. Loading returns a :class:`LoadReport`; the caller decides what is acceptable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sarmae.errors import CheckpointError
+from sarmae.models.mae import DECODER_PREFIXES, MaskedAutoencoder
+from sarmae.models.vit import VIT_SIZES
+
+StateDict = dict[str, torch.Tensor]
+POS_EMBED_KEYS = ("pos_embed", "decoder_pos_embed")
+# Official MAE training checkpoints pickle their argparse ``args``; allowing that one plain class is safe.
+SAFE_GLOBALS = [argparse.Namespace]
+VIT_FAMILIES = {192: "ViT-Ti?", 384: "ViT-S?", 768: "ViT-B?", 1024: "ViT-L?", 1280: "ViT-H?"}
+
+
+def read_state_dict(path: str | Path) -> StateDict:
+    """Read tensors from ``.safetensors`` / ``.pth`` / ``.pt`` / ``.ckpt``, unwrapping common containers.
+
+    Unwraps ``{'state_dict': ...}`` (Lightning; a ``model.`` prefix on every key is removed),
+    ``{'model': ...}`` (official MAE) and a ``module.`` (DDP) prefix. Non-tensor entries are dropped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file; check the path")
+    try:
+        if path.suffix == ".safetensors":
+            obj: object = load_file(str(path), device="cpu")
+        else:
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure of an untrusted file becomes one readable line
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"checkpoint {path}: cannot be read as plain weights ({reason}); "
+            "use a .safetensors file or a torch state dict of tensors"
+        ) from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path}: holds a {type(obj).__name__}, not a dict of weights")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"checkpoint {path}: contains no tensors")
+    for prefix in ("model.", "module."):
+        tensors = _strip_common_prefix(tensors, prefix)
+    return tensors
+
+
+def _strip_common_prefix(sd: StateDict, prefix: str) -> StateDict:
+    if all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, new_grid: int, num_extra_tokens: int = 1) -> torch.Tensor:
+    """Resize a square position embedding (1, extra + G*G, C) -> (1, extra + new_grid**2, C).
+
+    Bicubic, ``align_corners=False``, as MAE fine-tuning and ViTDet do; extra (cls) rows are copied
+    unchanged. Returns the input itself when the grid already matches.
+    """
+    extra, grid_tokens = pos_embed[:, :num_extra_tokens], pos_embed[:, num_extra_tokens:]
+    old_grid = math.isqrt(grid_tokens.shape[1])
+    if old_grid * old_grid != grid_tokens.shape[1]:
+        raise CheckpointError(
+            f"pos_embed has {pos_embed.shape[1]} tokens, not {num_extra_tokens} + a square grid; "
+            "is this a ViT checkpoint?"
+        )
+    if old_grid == new_grid:
+        return pos_embed
+    dim = pos_embed.shape[-1]
+    grid = grid_tokens.float().reshape(1, old_grid, old_grid, dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, dim).to(pos_embed.dtype)
+    return torch.cat([extra, grid], dim=1)
+
+
+@dataclass
+class LoadReport:
+    """What happened to each key: copied, absent from the checkpoint, not in the model, wrong shape."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"loaded {len(self.loaded)} tensors"]
+        for name in ("missing", "unexpected", "mismatched"):
+            keys = getattr(self, name)
+            if keys:
+                shown = ", ".join(keys[:6]) + (f", ... (+{len(keys) - 6})" if len(keys) > 6 else "")
+                parts.append(f"{name} {len(keys)} ({shown})")
+        return "; ".join(parts + self.notes)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def load_encoder_weights(
+    module: nn.Module, state_dict_or_path: StateDict | str | Path, prefix: str = ""
+) -> LoadReport:
+    """Copy ViT encoder tensors (MAE/timm names) into ``module`` (our MAE, or the ViTDet backbone's ViT).
+
+    ``prefix`` selects and strips a key prefix in the checkpoint (e.g. ``backbone.vit.`` of a detector);
+    when empty and the checkpoint has no top-level ``patch_embed``, the prefix is found automatically.
+    Decoder keys and classifier heads (``head.*``, ``fc_norm.*``) are reported as unexpected; module keys
+    the checkpoint lacks (e.g. ViTDet's rel-pos tables) as missing. ``pos_embed`` is resized to the
+    module's grid. Raises CheckpointError when the architecture clearly differs (embed dim, depth, patch).
+    """
+    source, sd = _as_state_dict(state_dict_or_path)
+    prefix = prefix or _find_encoder_prefix(sd)
+    sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    target = {k: v for k, v in module.state_dict().items() if not k.startswith(DECODER_PREFIXES)}
+    _check_encoder_architecture(source, sd, target)
+    return _load(module, sd, target)
+
+
+def load_reference_mae(path: str | Path, mae: MaskedAutoencoder) -> LoadReport:
+    """Load a full MAE checkpoint (reference layout, encoder + decoder) into ``mae``."""
+    source, sd = _as_state_dict(path)
+    target = mae.state_dict()
+    _check_encoder_architecture(source, sd, target)
+    key = "decoder_embed.weight"
+    if key in sd and sd[key].shape != target[key].shape:
+        raise CheckpointError(
+            f"checkpoint {source}: {key} is {tuple(sd[key].shape)}, model has {tuple(target[key].shape)}; "
+            "set model.decoder_embed_dim to match"
+        )
+    return _load(mae, sd, target)
+
+
+def save_encoder_safetensors(mae: MaskedAutoencoder, path: str | Path) -> Path:
+    """Write the encoder (timm / MAE names) as safetensors, atomically (tmp file + rename)."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in mae.encoder_state_dict().items()}
+    meta = {"format": "pt", "sarmae": "mae-encoder", "embed_dim": str(mae.embed_dim),
+            "img_size": str(mae.img_size), "patch_size": str(mae.patch_size)}  # fmt: skip
+    return _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def save_reference_mae(mae: MaskedAutoencoder, path: str | Path) -> Path:
+    """Write the full MAE as ``{'model': state_dict}`` with reference key names (like main_pretrain.py)."""
+    sd = {k: v.detach().cpu() for k, v in mae.state_dict().items()}
+    return _atomic_write(Path(path), lambda tmp: torch.save({"model": sd}, tmp))
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def _as_state_dict(obj: StateDict | str | Path) -> tuple[str, StateDict]:
+    if isinstance(obj, (str, Path)):
+        return str(obj), read_state_dict(obj)
+    return "state dict", dict(obj)
+
+
+def _find_encoder_prefix(sd: StateDict) -> str:
+    """'' for top-level ViT keys, else the shortest prefix in front of ``patch_embed.proj.weight``."""
+    anchor = "patch_embed.proj.weight"
+    found = sorted((k[: -len(anchor)] for k in sd if k.endswith(anchor)), key=len)
+    return found[0] if found and found[0].endswith(".") else ""
+
+
+def _size_hint(dim: int) -> tuple[str, str]:
+    """(family guess, config advice) for an embed dim, e.g. 1024 -> ('ViT-L?', 'pick model.size=large')."""
+    family = VIT_FAMILIES.get(dim, "unknown ViT")
+    names = [name for name, cfg in VIT_SIZES.items() if cfg["embed_dim"] == dim]
+    advice = f"pick model.size={names[0]}" if names else f"set model.embed_dim={dim} with its depth/num_heads"
+    return family, advice
+
+
+def _check_encoder_architecture(source: str, sd: StateDict, target: StateDict) -> None:
+    if not any(k in sd for k in ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight")):
+        raise CheckpointError(
+            f"checkpoint {source}: no ViT encoder weights found (no patch_embed.proj.weight or blocks.0.*); "
+            "expected an MAE, timm ViT or sarmae checkpoint"
+        )
+    if "patch_embed.proj.weight" in sd and "patch_embed.proj.weight" in target:
+        got, want = sd["patch_embed.proj.weight"].shape, target["patch_embed.proj.weight"].shape
+        if got[0] != want[0]:
+            family, advice = _size_hint(got[0])
+            raise CheckpointError(
+                f"checkpoint {source}: embed dim {got[0]} ({family}), model has {want[0]}; "
+                f"{advice} or use another checkpoint"
+            )
+        if got != want:
+            raise CheckpointError(
+                f"checkpoint {source}: patch embedding {tuple(got)} != model {tuple(want)}; "
+                f"set model.patch_size={got[-1]} and use {got[1]}-channel images"
+            )
+    depth_ckpt, depth_model = _depth(sd), _depth(target)
+    if depth_ckpt != depth_model:
+        raise CheckpointError(
+            f"checkpoint {source}: {depth_ckpt} transformer blocks, model has {depth_model}; "
+            "pick the matching model.size (or model.depth)"
+        )
+
+
+def _depth(sd: StateDict) -> int:
+    ids = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    return max(ids) + 1 if ids else 0
+
+
+def _fit_pos_embed(ckpt: torch.Tensor, want: torch.Tensor) -> tuple[torch.Tensor, str | None]:
+    """Adapt a (1, extra + G*G, C) pos embed to the module's token count; returns a note if changed."""
+    if ckpt.shape == want.shape or ckpt.dim() != 3 or ckpt.shape[-1] != want.shape[-1]:
+        return ckpt, None
+    g_old, g_new = math.isqrt(ckpt.shape[1]), math.isqrt(want.shape[1])
+    extra_old, extra_new = ckpt.shape[1] - g_old**2, want.shape[1] - g_new**2
+    if extra_old not in (0, 1) or extra_new not in (0, 1):
+        return ckpt, None
+    out = interpolate_pos_embed(ckpt, g_new, num_extra_tokens=extra_old)[:, extra_old:]
+    if extra_new:  # keep the checkpoint's cls row, or a zero row like MAE's sin-cos table
+        cls = ckpt[:, :1] if extra_old else torch.zeros_like(ckpt[:, :1])
+        out = torch.cat([cls, out], dim=1)
+    return out, f"resized {g_old}x{g_old}->{g_new}x{g_new}"
+
+
+def _load(module: nn.Module, sd: StateDict, target: StateDict) -> LoadReport:
+    """Copy the keys of ``sd`` that exist in ``target`` with the same shape; report the rest."""
+    report = LoadReport()
+    to_load: StateDict = {}
+    for key, value in sd.items():
+        if key not in target:
+            report.unexpected.append(key)
+            continue
+        if key in POS_EMBED_KEYS:
+            value, note = _fit_pos_embed(value, target[key])
+            if note:
+                report.notes.append(f"{key} {note}")
+        if value.shape != target[key].shape:
+            report.mismatched.append(key)
+            report.notes.append(
+                f"{key} is {tuple(value.shape)} in the checkpoint, {tuple(target[key].shape)} here"
+            )
+            continue
+        to_load[key] = value
+    module.load_state_dict(to_load, strict=False)
+    report.loaded = list(to_load)
+    report.missing = [k for k in target if k not in sd]
+    return report
+
+
+def _atomic_write(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
