@@ -37,7 +37,6 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from timm.layers import PatchEmbed, calculate_drop_path_rates, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer_sam import Block
 from torch import nn
@@ -135,9 +134,7 @@ class ViTDetBackbone(nn.Module):
         g = self.pretrain_grid
         pos = self.pos_embed[:, 1:]
         if (h, w) != (g, g):
-            pos = resample_abs_pos_embed(
-                pos, new_size=[h, w], old_size=[g, g], num_prefix_tokens=0, antialias=False
-            )
+            pos = resample_abs_pos_embed(pos, new_size=[h, w], old_size=[g, g], num_prefix_tokens=0, antialias=False)
         return pos.reshape(1, h, w, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -363,5 +360,4 @@ __all__ = [
     "default_global_blocks",
     "layer_scale",
     "param_groups",
-    "F",
 ]
