@@ -42,9 +42,7 @@ def load_coco_json(path: str | Path) -> dict:
         with open(path, "rb") as fh:
             data = json.load(fh)
     except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}); fix or re-export it"
-        ) from None
+        raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}); fix or re-export it") from None
     except (UnicodeDecodeError, OSError) as exc:
         raise DataError(f"{path}: cannot read JSON ({exc}); fix or re-export it") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
@@ -129,8 +127,8 @@ class CocoDetection(Dataset):
         self.class_names: tuple[str, ...] = tuple(names[c] for c in cat_ids)
 
         images = self.coco_gt["images"]
-        index_of: dict[Any, int] = {}
-        sizes = np.zeros((len(images), 2), dtype=np.int64)  # (H, W) from the json
+        index_of: dict[int, int] = {}
+        sizes: list[tuple[int, int]] = []  # (H, W) from the json
         for i, img in enumerate(images):
             if not isinstance(img["id"], int):
                 raise DataError(f"{src}: image id {img['id']!r} ({img['file_name']}) must be an integer")
@@ -138,70 +136,81 @@ class CocoDetection(Dataset):
                 raise DataError(f"{src}: image id {img['id']} appears twice; image ids must be unique")
             index_of[img["id"]] = i
             try:
-                sizes[i] = int(img["height"]), int(img["width"])
+                size = int(img["height"]), int(img["width"])
             except (KeyError, TypeError, ValueError):
-                sizes[i] = 0
-            if sizes[i].min() <= 0:
-                raise DataError(
-                    f"{src}: image id {img['id']} ({img['file_name']}) needs positive 'width' and 'height'"
-                )
+                size = (0, 0)
+            if min(size) <= 0:
+                raise DataError(f"{src}: image id {img['id']} ({img['file_name']}) needs positive 'width' and 'height'")
+            sizes.append(size)
 
         stats = dict.fromkeys(("clipped", "dropped_degenerate", "crowd_ignored"), 0)
-        per_image: list[list[tuple[float, float, float, float, int]]] = [[] for _ in images]
+        rows: list[tuple[int, float, float, float, float, int]] = []  # (image index, x1, y1, x2, y2, label)
         for n, ann in enumerate(self.coco_gt["annotations"]):
-            ann_id = ann.get("id", f"#{n}") if isinstance(ann, dict) else f"#{n}"
-            where = f"{src}: annotation {ann_id}"
-            if not isinstance(ann, dict) or ann.get("image_id") not in index_of:
-                image_id = ann.get("image_id") if isinstance(ann, dict) else None
-                raise DataError(f"{where}: image_id {image_id!r} is not in 'images'; fix or remove it")
-            label = self.cat_id_to_label.get(ann.get("category_id"))
+            image_id = ann.get("image_id") if isinstance(ann, dict) else None
+            if not isinstance(image_id, int) or image_id not in index_of:
+                raise DataError(
+                    f"{src}: annotation {self._ann_id(ann, n)}: image_id {image_id!r} is not in 'images'; "
+                    "fix or remove it"
+                )
+            cat_id = ann.get("category_id")
+            label = self.cat_id_to_label.get(cat_id) if isinstance(cat_id, int) else None
             if label is None:
                 raise DataError(
-                    f"{where}: unknown category_id {ann.get('category_id')!r} (known: {cat_ids}); "
-                    "fix the annotation or add the category"
+                    f"{src}: annotation {self._ann_id(ann, n)}: unknown category_id {cat_id!r} "
+                    f"(known: {cat_ids}); fix the annotation or add the category"
                 )
             bbox = ann.get("bbox")
-            if (
-                not isinstance(bbox, (list, tuple))
-                or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
-            ):
-                raise DataError(f"{where}: bbox {bbox!r} is not 4 finite numbers [x, y, w, h]; fix it")
-            x, y, w, h = (float(v) for v in bbox)
+            try:
+                x, y, w, h = bbox
+                x, y, w, h = float(x), float(y), float(w), float(h)
+                if isinstance(bbox, str) or not math.isfinite(x + y + w + h):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise DataError(
+                    f"{src}: annotation {self._ann_id(ann, n)}: bbox {bbox!r} is not 4 finite numbers "
+                    "[x, y, w, h]; fix it"
+                ) from None
             if w < 0 or h < 0:
-                raise DataError(f"{where}: negative box size w={w}, h={h}; COCO boxes are [x, y, w, h]")
+                raise DataError(
+                    f"{src}: annotation {self._ann_id(ann, n)}: negative box size w={w}, h={h}; "
+                    "COCO boxes are [x, y, w, h] with w, h >= 0, fix it"
+                )
             if ann.get("iscrowd", 0) or ann.get("ignore", 0):
                 stats["crowd_ignored"] += 1
                 continue
-            i = index_of[ann["image_id"]]
+            i = index_of[image_id]
             img_h, img_w = sizes[i]
-            x1, y1 = max(x, 0.0), max(y, 0.0)
-            x2, y2 = min(x + w, float(img_w)), min(y + h, float(img_h))
+            x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, img_w), min(y + h, img_h)
             if x2 <= x1 or y2 <= y1:
                 stats["dropped_degenerate"] += 1
                 continue
-            if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+            if x1 != x or y1 != y or x2 != x + w or y2 != y + h:
                 stats["clipped"] += 1
-            per_image[i].append((x1, y1, x2, y2, label))
+            rows.append((i, x1, y1, x2, y2, label))
 
-        keep = [i for i in range(len(images)) if keep_empty or per_image[i]]
-        counts = np.array([len(per_image[i]) for i in keep], dtype=np.int64)
-        self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        rows = np.array([row for i in keep for row in per_image[i]], dtype=np.float64).reshape(-1, 5)
-        self._boxes = rows[:, :4].astype(np.float32)
-        self._labels = rows[:, 4].astype(np.int64)
-        self._index = np.array(keep, dtype=np.int64)  # position in coco_gt["images"]
-        self._sizes = sizes[self._index]
-        empty = sum(1 for boxes in per_image if not boxes)
+        table = np.array(rows, dtype=np.float64).reshape(-1, 6)
+        table = table[np.argsort(table[:, 0], kind="stable")]  # group by image, keep json order inside
+        counts = np.bincount(table[:, 0].astype(np.int64), minlength=len(images))
+        keep = np.arange(len(images)) if keep_empty else np.flatnonzero(counts)
+        self._index = keep.astype(np.int64)  # position in coco_gt["images"]
+        self._offsets = np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64)
+        self._boxes = table[:, 1:5].astype(np.float32)  # every kept box belongs to a kept image
+        self._labels = table[:, 5].astype(np.int64)
+        self._sizes = np.array(sizes, dtype=np.int64).reshape(-1, 2)[keep]
+        empty = int((counts == 0).sum())
         stats.update(
             images=len(keep),
             images_in_file=len(images),
             annotations=len(self.coco_gt["annotations"]),
-            boxes=int(counts.sum()),
+            boxes=len(table),
             empty_images=empty,
             empty_filtered=0 if keep_empty else empty,
         )
         self.stats: dict[str, int] = stats
+
+    @staticmethod
+    def _ann_id(ann: Any, n: int) -> str:
+        return str(ann.get("id", f"#{n}")) if isinstance(ann, dict) else f"#{n}"
 
     @property
     def num_classes(self) -> int:
@@ -225,9 +234,7 @@ class CocoDetection(Dataset):
         info = self.image_info(i)
         path = resolve_image_path(self.root, self.split, info["file_name"])
         if path is None:
-            split_dir, flat_dir = (
-                p.parent for p in image_candidates(self.root, self.split, info["file_name"])
-            )
+            split_dir, flat_dir = (p.parent for p in image_candidates(self.root, self.split, info["file_name"]))
             raise DataError(
                 f"{info['file_name']} (image id {info['id']} in {self.ann_file}) is in neither {split_dir}/ "
                 f"nor {flat_dir}/; restore the file or remove it from the json"

@@ -59,9 +59,7 @@ class IntensityScaling:
 
     def __post_init__(self) -> None:
         if self.mode not in SCALING_MODES:
-            raise ConfigError(
-                f"intensity scaling mode '{self.mode}' is unknown; use one of {', '.join(SCALING_MODES)}"
-            )
+            raise ConfigError(f"intensity scaling mode '{self.mode}' is unknown; use one of {', '.join(SCALING_MODES)}")
         if not 0.0 <= self.low < self.high <= 100.0:
             raise ConfigError(
                 f"intensity scaling percentiles low={self.low}, high={self.high}: need 0 <= low < high <= 100"
@@ -101,9 +99,7 @@ def read_image(path: str | Path, scaling: IntensityScaling | None = None) -> np.
     return read_image_with_mask(path, scaling)[0]
 
 
-def read_image_with_mask(
-    path: str | Path, scaling: IntensityScaling | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def read_image_with_mask(path: str | Path, scaling: IntensityScaling | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read an image and its valid-pixel mask.
 
     Returns ``(image float32 (H, W, 3) in [0, 1], valid bool (H, W))``. Raises ``DataError`` naming the file
@@ -214,9 +210,7 @@ def _read_rasterio(path: Path, what: str) -> tuple[np.ndarray, float | None]:
             with rasterio.open(path) as src:
                 data, nodata = src.read(), src.nodata
     except Exception as exc:
-        raise DataError(
-            f"{path}: cannot decode image ({type(exc).__name__}: {exc}); re-export or remove it"
-        ) from None
+        raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc}); re-export or remove it") from None
     return np.moveaxis(data, 0, -1), nodata
 
 
@@ -251,9 +245,7 @@ def _nodata_mask(bands: np.ndarray, nodata: float | None) -> np.ndarray | None:
     return ~np.all(bands == nodata, axis=2)
 
 
-def _scale(
-    bands: np.ndarray, scaling: IntensityScaling, nodata: float | None
-) -> tuple[np.ndarray, np.ndarray]:
+def _scale(bands: np.ndarray, scaling: IntensityScaling, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Map ``(H, W, C)`` 16-bit / float / complex data to [0, 1] following ``scaling``."""
     if np.iscomplexobj(bands):  # SLC: amplitude, or power for dB
         mag = np.abs(bands).astype(np.float32)

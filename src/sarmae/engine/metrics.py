@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from faster_coco_eval import COCO, COCOeval_faster
-from torchvision.ops import box_convert
 
 from sarmae.errors import ConfigError, DataError
 
@@ -161,7 +160,7 @@ def detections_to_coco(
     results = []
     for img_id, out in zip(ids, outputs, strict=True):
         boxes = out["boxes"].detach().to("cpu", torch.float64).reshape(-1, 4)
-        xywh = box_convert(boxes, in_fmt="xyxy", out_fmt="xywh").tolist()
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
         labels = out["labels"].detach().cpu().reshape(-1).tolist()
         scores = out["scores"].detach().to("cpu", torch.float64).reshape(-1).tolist()
         for box, label, score in zip(xywh, labels, scores, strict=True):

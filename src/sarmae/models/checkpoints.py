@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +47,8 @@ def read_state_dict(path: str | Path) -> StateDict:
             with torch.serialization.safe_globals(SAFE_GLOBALS):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure of an untrusted file becomes one readable line
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(
-            f"checkpoint {path}: cannot be read as plain weights ({reason}); "
+            f"checkpoint {path}: cannot be read as plain weights ({_reason(exc)}); "
             "use a .safetensors file or a torch state dict of tensors"
         ) from None
     for wrapper in ("state_dict", "model"):
@@ -63,6 +63,17 @@ def read_state_dict(path: str | Path) -> StateDict:
     for prefix in ("model.", "module."):
         tensors = _strip_common_prefix(tensors, prefix)
     return tensors
+
+
+def _reason(exc: Exception) -> str:
+    """The informative line of a load error (torch's weights-only message starts with generic advice)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, pickle.UnpicklingError):
+        blocked = [line for line in lines if "GLOBAL" in line]
+        if blocked:
+            return f"it holds pickled Python objects, refused for safety: {blocked[0][:160]}"
+        return "not a torch weights file"
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def _strip_common_prefix(sd: StateDict, prefix: str) -> StateDict:
@@ -116,9 +127,7 @@ class LoadReport:
         return self.summary()
 
 
-def load_encoder_weights(
-    module: nn.Module, state_dict_or_path: StateDict | str | Path, prefix: str = ""
-) -> LoadReport:
+def load_encoder_weights(module: nn.Module, state_dict_or_path: StateDict | str | Path, prefix: str = "") -> LoadReport:
     """Copy ViT encoder tensors (MAE/timm names) into ``module`` (our MAE, or the ViTDet backbone's ViT).
 
     ``prefix`` selects and strips a key prefix in the checkpoint (e.g. ``backbone.vit.`` of a detector);
@@ -152,8 +161,13 @@ def load_reference_mae(path: str | Path, mae: MaskedAutoencoder) -> LoadReport:
 def save_encoder_safetensors(mae: MaskedAutoencoder, path: str | Path) -> Path:
     """Write the encoder (timm / MAE names) as safetensors, atomically (tmp file + rename)."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in mae.encoder_state_dict().items()}
-    meta = {"format": "pt", "sarmae": "mae-encoder", "embed_dim": str(mae.embed_dim),
-            "img_size": str(mae.img_size), "patch_size": str(mae.patch_size)}  # fmt: skip
+    meta = {
+        "format": "pt",
+        "sarmae": "mae-encoder",
+        "embed_dim": str(mae.embed_dim),
+        "img_size": str(mae.img_size),
+        "patch_size": str(mae.patch_size),
+    }
     return _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
@@ -248,9 +262,7 @@ def _load(module: nn.Module, sd: StateDict, target: StateDict) -> LoadReport:
                 report.notes.append(f"{key} {note}")
         if value.shape != target[key].shape:
             report.mismatched.append(key)
-            report.notes.append(
-                f"{key} is {tuple(value.shape)} in the checkpoint, {tuple(target[key].shape)} here"
-            )
+            report.notes.append(f"{key} is {tuple(value.shape)} in the checkpoint, {tuple(target[key].shape)} here")
             continue
         to_load[key] = value
     module.load_state_dict(to_load, strict=False)

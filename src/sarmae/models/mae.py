@@ -8,6 +8,7 @@ The encoder sees only the visible tokens (no dense mask tokens), which is what m
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from typing import Any
 
@@ -65,9 +66,7 @@ class MaskedAutoencoder(nn.Module):
         # Decoder: only used in pre-training, dropped afterwards.
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim, bias=True)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.decoder_pos_embed = nn.Parameter(
-            torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False
-        )
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False)
         self.decoder_blocks = nn.ModuleList(
             Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
             for _ in range(decoder_depth)
@@ -207,35 +206,31 @@ def _init_layer(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-MAE_KEYS = (
-    "img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
-    "decoder_depth", "decoder_num_heads", "mlp_ratio", "norm_pix_loss", "mask_ratio",
-)  # fmt: skip
+# Config keys are exactly the constructor's arguments (plus ``size``), with its defaults.
+MAE_DEFAULTS = {
+    k: p.default for k, p in inspect.signature(MaskedAutoencoder.__init__).parameters.items() if k != "self"
+}
 
 
 def build_mae(model_cfg: dict[str, Any]) -> MaskedAutoencoder:
     """Build from a config section; ``size`` fills embed_dim/depth/num_heads, explicit keys override it."""
     cfg = dict(model_cfg)
     for key in cfg:
-        if key != "size" and key not in MAE_KEYS:
-            raise ConfigError(f"model.{key}: unknown MAE setting; known: size, {', '.join(MAE_KEYS)}")
-    kwargs: dict[str, Any] = vit_size(cfg.pop("size")) if "size" in cfg else {}
-    kwargs.update(cfg)
+        if key != "size" and key not in MAE_DEFAULTS:
+            raise ConfigError(f"model.{key}: unknown MAE setting; known: size, {', '.join(MAE_DEFAULTS)}")
+    kwargs = {**MAE_DEFAULTS, **(vit_size(cfg.pop("size")) if "size" in cfg else {}), **cfg}
     _check(kwargs)
     return MaskedAutoencoder(**kwargs)
 
 
 def _check(kw: dict[str, Any]) -> None:
     """Reject inconsistent sizes with a config-level message instead of a shape error deep in torch."""
-    img, patch = kw.get("img_size", 256), kw.get("patch_size", 16)
-    dim, heads = kw.get("embed_dim", 768), kw.get("num_heads", 12)
-    ddim, dheads = kw.get("decoder_embed_dim", 512), kw.get("decoder_num_heads", 16)
-    ratio = kw.get("mask_ratio", 0.75)
-    if img % patch:
-        raise ConfigError(f"model.img_size={img} is not a multiple of model.patch_size={patch}")
-    for name, d, h in (("embed_dim", dim, heads), ("decoder_embed_dim", ddim, dheads)):
-        if d % 4 or d % h:
-            head_key = name.replace("embed_dim", "num_heads")
-            raise ConfigError(f"model.{name}={d} must be divisible by 4 and by model.{head_key}={h}")
-    if not 0.0 <= ratio < 1.0:
-        raise ConfigError(f"model.mask_ratio={ratio} must be in [0, 1), e.g. 0.75")
+    if kw["img_size"] % kw["patch_size"]:
+        raise ConfigError(f"model.img_size={kw['img_size']} is not a multiple of model.patch_size={kw['patch_size']}")
+    for dim_key, heads_key in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
+        if kw[dim_key] % 4 or kw[dim_key] % kw[heads_key]:
+            raise ConfigError(
+                f"model.{dim_key}={kw[dim_key]} must be divisible by 4 and by model.{heads_key}={kw[heads_key]}"
+            )
+    if not 0.0 <= kw["mask_ratio"] < 1.0:
+        raise ConfigError(f"model.mask_ratio={kw['mask_ratio']} must be in [0, 1), e.g. 0.75")
