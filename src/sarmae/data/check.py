@@ -221,8 +221,12 @@ def _load_json(path: Path, split: str, report: DatasetReport) -> dict | None:
 def _check_split(root: Path, split: str, data: dict, report: DatasetReport) -> tuple[SplitStats, list]:
     """Validate the json of one split; returns its stats and the image files to decode."""
     st = SplitStats(split)
-    err = lambda title: report.problem("error", split, title)  # noqa: E731
-    warn = lambda title: report.problem("warning", split, title)  # noqa: E731
+
+    def err(title: str) -> Problem:
+        return report.problem("error", split, title)
+
+    def warn(title: str) -> Problem:
+        return report.problem("warning", split, title)
 
     categories = data.get("categories", [])
     if not categories:

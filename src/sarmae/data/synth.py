@@ -433,8 +433,8 @@ def _harbor(rng: np.random.Generator, cv: _Canvas, cx: float, cy: float, theta: 
             ) -> tuple[Box | None, list[tuple[float, float]]]:
     """Piers from a quay at (cx, cy) into the sea along ``theta``; returns the box and berth centres."""
     n = int(rng.integers(2, 6))
-    gap = rng.uniform(8, 16)
-    lmax = min(45.0, cv.size * 0.3)
+    gap = rng.uniform(8, 20)
+    lmax = min(80.0, cv.size * 0.35)
     lengths = rng.uniform(min(12.0, lmax * 0.6), lmax, n)
     widths = rng.uniform(1.0, 2.5, n)
     offs = (np.arange(n) - (n - 1) / 2) * gap
@@ -464,7 +464,7 @@ def _harbor(rng: np.random.Generator, cv: _Canvas, cx: float, cy: float, theta: 
 
 
 def _ship_length(rng: np.random.Generator, size: int) -> float:
-    hi = min(90.0, 0.45 * size)
+    hi = min(140.0, 0.5 * size)
     return float(math.exp(rng.uniform(math.log(6.0), math.log(hi))))
 
 
@@ -486,7 +486,7 @@ def _add_car_lot(rng: np.random.Generator, cv: _Canvas) -> None:
     if pos is None:
         return
     theta = rng.uniform(0, math.pi)
-    rows, cols = int(rng.integers(1, 4)), int(rng.integers(2, 9))
+    rows, cols = int(rng.integers(1, 3)), int(rng.integers(2, 7))
     pitch_c, pitch_r = rng.uniform(4.5, 6.5), rng.uniform(10, 14)
     hl, hw = rows * pitch_r / 2 + 2, cols * pitch_c / 2 + 2
     cv.edit_db(pos[0], pos[1], theta, math.hypot(hl, hw) + 1,
@@ -528,14 +528,18 @@ def _n(rng: np.random.Generator, mean: float, area: float) -> int:
 # ------------------------------------------------------------------------------------------ scenes
 def _scene_sea(rng, cv: _Canvas, area: float, objects: bool) -> None:
     cv.db, cv.region[:] = _sea_db(rng, cv.size), WATER
-    if objects:
-        _add_ships(rng, cv, max(1, _n(rng, 3.0, area)))
+    if not objects:
+        return
+    if rng.random() < 0.15:  # close-up of one large ship, as in chips cropped around a single vessel
+        x, y = rng.uniform(0.3, 0.7, 2) * cv.size
+        _ship(rng, cv, float(x), float(y), rng.uniform(0, 2 * math.pi), rng.uniform(0.45, 0.75) * cv.size)
+    _add_ships(rng, cv, max(1, _n(rng, 3.0, area)))
 
 
 def _scene_coast(rng, cv: _Canvas, area: float, objects: bool) -> None:
     s = cv.size
     coast = _random_line(rng, s, meander=rng.uniform(3, 0.08 * s + 3))
-    t, d = coast.frame(s)
+    _, d = coast.frame(s)
     sea = d < 0
     cv.db = np.where(sea, _sea_db(rng, s), _land_db(rng, s)).astype(np.float32)
     cv.region[:] = np.where(sea, WATER, LAND)
@@ -561,8 +565,8 @@ def _scene_coast(rng, cv: _Canvas, area: float, objects: bool) -> None:
 def _scene_river(rng, cv: _Canvas, area: float, objects: bool) -> None:
     s = cv.size
     river = _random_line(rng, s, meander=rng.uniform(2, 0.06 * s + 2))
-    t, d = river.frame(s)
-    width = rng.uniform(10, max(12.0, min(40.0, s / 6)))
+    _, d = river.frame(s)
+    width = rng.uniform(10, max(12.0, min(60.0, s / 5)))
     water = np.abs(d) <= width / 2
     cv.db, cv.region[:] = _land_db(rng, s), LAND
     if rng.random() < 0.4:
@@ -609,8 +613,11 @@ def _scene_airfield(rng, cv: _Canvas, area: float, objects: bool) -> None:
         return
     nose_to_taxiway = runway.angle - side * math.pi / 2
     tpos = t0 + rng.uniform(5, 20)
+    if rng.random() < 0.15:  # close-up of one large aircraft
+        x, y = rng.uniform(0.3, 0.7, 2) * s
+        _aircraft(rng, cv, float(x), float(y), rng.uniform(0, 2 * math.pi), rng.uniform(0.35, 0.6) * s)
     for _ in range(max(1, _n(rng, 3.0, area))):
-        length = rng.uniform(min(14.0, 0.3 * s), min(60.0, 0.4 * s))
+        length = math.exp(rng.uniform(math.log(min(14.0, 0.3 * s)), math.log(min(110.0, 0.45 * s))))
         if rng.random() < 0.75:  # parked in a row on the apron
             tpos += length * 0.6
             x, y = runway.point(tpos, near + side * (length / 2 + rng.uniform(2, 6)))
@@ -658,7 +665,7 @@ def _scene_urban(rng, cv: _Canvas, area: float, objects: bool) -> None:
     if not objects:
         return
     for road in roads:
-        _add_cars_on_road(rng, cv, road, int(rng.integers(0, 6)))
+        _add_cars_on_road(rng, cv, road, int(rng.integers(0, 5)))
     if rng.random() < 0.6:
         _add_car_lot(rng, cv)
     if rng.random() < 0.1:

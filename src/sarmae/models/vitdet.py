@@ -37,7 +37,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import PatchEmbed, calculate_drop_path_rates, resample_abs_pos_embed, trunc_normal_
+from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer_sam import Block
 from torch import nn
 from torchvision.models.convnext import LayerNorm2d
@@ -99,7 +99,7 @@ class ViTDetBackbone(nn.Module):
             img_size, patch_size, in_chans, embed_dim, output_fmt="NHWC", strict_img_size=False
         )
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.pretrain_grid**2, embed_dim))
-        rates = calculate_drop_path_rates(drop_path, depth)  # linear 0 -> drop_path
+        rates = torch.linspace(0, drop_path, depth).tolist()  # linear stochastic depth 0 -> drop_path
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.blocks = nn.ModuleList(
             Block(
