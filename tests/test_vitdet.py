@@ -24,8 +24,8 @@ from sarmae.models.vitdet import (
 )
 
 TINY = vit_size("tiny")  # embed 192, depth 6, heads 3
-# Few proposals / RoIs: the 4-conv box head dominates CPU time otherwise.
-FAST = dict(rpn_post_nms_top_n_train=64, rpn_post_nms_top_n_test=32, box_batch_size_per_image=32)
+# Few proposals / RoIs and a narrow pyramid: the 4-conv box head and the stride-4 level dominate CPU time.
+FAST = dict(rpn_post_nms_top_n_train=64, rpn_post_nms_top_n_test=32, box_batch_size_per_image=32, fpn_channels=64)
 
 
 def tiny_backbone(**kw) -> ViTDetBackbone:
@@ -122,7 +122,7 @@ def test_paper_config_anchors_match_feature_maps():
     assert paper.roi_heads.box_predictor.cls_score.out_features == 11
     assert paper.rpn._post_nms_top_n["training"] == 1000
     # Same pyramid geometry with a tiny ViT, to keep the test fast.
-    model = build_vitdet(11, size="tiny", img_size=800).eval()
+    model = build_vitdet(11, size="tiny", img_size=800, fpn_channels=32).eval()
     images, _ = model.transform([torch.rand(3, 600, 1000)])
     assert images.tensors.shape[-2:] == (832, 832)  # 800 resized, padded to /64
     with torch.no_grad():

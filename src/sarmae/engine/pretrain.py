@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from sarmae.config import get_dotted
@@ -24,11 +24,13 @@ from sarmae.engine.runs import (
     CsvMetrics,
     build_trainer,
     capture_rng_state,
+    one_line_error,
     prepare_run_dir,
+    read_checkpoint_header,
     resolve_resume,
     restore_rng_state,
 )
-from sarmae.errors import ConfigError
+from sarmae.errors import CheckpointError, ConfigError, SarmaeError
 from sarmae.models.checkpoints import save_encoder_safetensors
 from sarmae.models.mae import MaskedAutoencoder, build_mae
 
@@ -49,7 +51,12 @@ def no_decay(name: str, param: torch.Tensor) -> bool:
 
 
 class MAEPretraining(L.LightningModule):
-    """Wraps :class:`MaskedAutoencoder` (at ``self.model``) with the optimiser, schedule and logging."""
+    """Wraps :class:`MaskedAutoencoder` (at ``self.model``) with the optimiser, schedule and logging.
+
+    One ``metrics.csv`` row per ``trainer.log_every`` optimiser steps (and at the end of each epoch): ``loss`` is
+    the mean over the micro-batches of that step (gradient accumulation) and over the ranks (DDP), ``lr`` the
+    learning rate the step used.
+    """
 
     def __init__(self, cfg: dict) -> None:
         super().__init__()
@@ -57,71 +64,101 @@ class MAEPretraining(L.LightningModule):
         self.cfg = cfg
         self.model: MaskedAutoencoder = build_mae(cfg.get("model") or {})
         self.csv_rows: list[dict] = []
+        self.peak_lr = 0.0
+        self.effective_batch = 0
         self._skipped = 0
+        self.skipped_total = 0  # unreadable images skipped in this session (all ranks)
         self._seen = 0
         self._tic = time.perf_counter()
+        self._window: list[torch.Tensor] = []  # losses of the micro-batches since the last optimiser step
+        self._stepped_at = 0  # global_step at the last optimiser step seen
+        self._lr = 0.0
         self._compiled = None
 
     def configure_model(self) -> None:
         if get_dotted(self.cfg, "trainer.compile", False) and self._compiled is None:
+            # Not registered as a submodule: the state dict keeps the plain MAE key names.
             object.__setattr__(self, "_compiled", torch.compile(self.model))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """images (N, 3, H, W) normalised -> (loss, pred (N, L, p*p*3), mask (N, L))."""
         return (self._compiled or self.model)(images)
 
-    def training_step(self, batch: tuple[torch.Tensor, int], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, int], batch_idx: int) -> torch.Tensor | None:
         images, n_skipped = batch
         self._skipped += int(n_skipped)
+        if images.numel() == 0:  # every image of this batch was unreadable
+            if self.trainer.world_size == 1:
+                return None  # Lightning skips the batch
+            # DDP needs a backward on every rank: a zero loss that touches every trainable parameter.
+            return sum((p * 0).sum() for p in self.model.parameters() if p.requires_grad)
         loss, _, _ = self(images)
         self._seen += images.shape[0]
-        lr = self.optimizers().param_groups[0]["lr"]
+        self._window.append(loss.detach())
+        # The lr this micro-batch's optimiser step will use (Lightning steps the scheduler before on_train_batch_end).
+        self._lr = self.optimizers().param_groups[0]["lr"]
         self.log("loss", loss, prog_bar=True)
-        self.log("lr", lr, prog_bar=True)
-        every = self.trainer.log_every_n_steps
-        if (self.global_step + 1) % every == 0 or self.trainer.is_last_batch:
-            now = time.perf_counter()
-            speed = self._seen * self.trainer.world_size / max(now - self._tic, 1e-9)
-            self._seen, self._tic = 0, now
-            self.log("img/s", speed, prog_bar=True)
-            self.csv_rows.append(
-                {
-                    "epoch": self.current_epoch,
-                    "step": self.global_step + 1,
-                    "loss": f"{loss.item():.6f}",
-                    "lr": f"{lr:.6e}",
-                    "images_per_s": f"{speed:.2f}",
-                }
-            )
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.global_step == self._stepped_at or not self._window:
+            return  # still accumulating gradients (or a skipped batch): no optimiser step yet
+        self._stepped_at = self.global_step
+        lr = self._lr
+        self.log("lr", lr, prog_bar=True)
+        window, self._window = self._window, []
+        if self.global_step % self.trainer.log_every_n_steps and not self.trainer.is_last_batch:
+            return
+        loss = float(self.trainer.strategy.reduce(torch.stack(window).mean(), reduce_op="mean"))
+        now = time.perf_counter()
+        speed = self._seen * self.trainer.world_size / max(now - self._tic, 1e-9)
+        self._seen, self._tic = 0, now
+        self.log("img/s", speed, prog_bar=True)
+        self.csv_rows.append(
+            {
+                "epoch": self.current_epoch,
+                "step": self.global_step,
+                "loss": f"{loss:.6f}",
+                "lr": f"{lr:.6e}",
+                "images_per_s": f"{speed:.2f}",
+            }
+        )
+
+    def on_train_start(self) -> None:
+        self._stepped_at = self.global_step
+        if self.trainer.is_global_zero:
+            ocfg = self.cfg.get("optim") or {}
+            rule = "" if ocfg.get("lr") else f" = blr {float(ocfg.get('blr', 1.5e-4)):g} x {self.effective_batch}" \
+                f" / {int(ocfg.get('base_batch', 256))}"
+            print(f"effective batch {self.effective_batch}, peak lr {self.peak_lr:.4g}{rule}")
 
     def on_train_epoch_start(self) -> None:
         self._tic, self._seen = time.perf_counter(), 0
+        self._window = []
 
     def on_train_epoch_end(self) -> None:
         skipped = int(self.trainer.strategy.reduce(torch.tensor(float(self._skipped)), reduce_op="sum"))
         if skipped and self.trainer.is_global_zero:
             print(f"epoch {self.current_epoch}: skipped {skipped} unreadable images (warnings above name them)")
+        self.skipped_total += skipped
         self._skipped = 0
 
     def configure_optimizers(self):
         ocfg = self.cfg.get("optim") or {}
         batch = int(self.cfg["batch_size"]) * self.trainer.accumulate_grad_batches * self.trainer.world_size
-        lr = float(ocfg.get("lr") or float(ocfg.get("blr", 1.5e-4)) * batch / float(ocfg.get("base_batch", 256)))
-        decay, plain = [], []
-        for name, param in self.model.named_parameters():
-            if param.requires_grad:
-                (plain if no_decay(name, param) else decay).append(param)
+        lr = peak_lr(ocfg, batch)
+        self.peak_lr, self.effective_batch = lr, batch
         optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": float(ocfg.get("weight_decay", 0.05))},
-                {"params": plain, "weight_decay": 0.0},
-            ],
+            param_groups(self.model, float(ocfg.get("weight_decay", 0.05))),
             lr=lr,
-            betas=tuple(ocfg.get("betas", (0.9, 0.95))),
+            betas=tuple(float(b) for b in ocfg.get("betas", (0.9, 0.95))),
         )
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(round(total * float(ocfg.get("warmup_epochs", 40)) / max(1, int(self.cfg["epochs"]))))
-        min_ratio = float(ocfg.get("min_lr", 0.0)) / lr
+        min_lr = float(ocfg.get("min_lr", 0.0))
+        if min_lr > lr:
+            raise ConfigError(f"optim.min_lr={min_lr:g} is above the peak lr {lr:g}; lower min_lr or raise blr")
+        min_ratio = min_lr / lr if lr > 0 else 0.0
 
         def schedule(step: int) -> float:
             return warmup_cosine(step, total, warmup, min_ratio)
@@ -134,6 +171,43 @@ class MAEPretraining(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_rng_state(checkpoint.get("rng_state"))
+
+
+def peak_lr(ocfg: dict, effective_batch: int) -> float:
+    """``optim.lr`` if set, else the MAE rule ``blr x effective_batch / base_batch``."""
+    if ocfg.get("lr"):
+        return float(ocfg["lr"])
+    return float(ocfg.get("blr", 1.5e-4)) * effective_batch / float(ocfg.get("base_batch", 256))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decayed weights (incl. ``cls_token`` / ``mask_token``) and the :func:`no_decay` rest.
+
+    Frozen parameters (the fixed sin-cos position embeddings) are left out, as in the reference MAE.
+    """
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (plain if no_decay(name, param) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def check_resume(path: Path, module: MAEPretraining) -> int:
+    """Refuse a damaged checkpoint or one of another architecture with one line; return its finished epochs."""
+    ckpt = read_checkpoint_header(path)
+    theirs, ours = ckpt["state_dict"], module.state_dict()
+    for key, value in ours.items():
+        if key not in theirs:
+            raise CheckpointError(
+                f"checkpoint {path}: has no '{key}'; it is not an MAE pre-training checkpoint of this model"
+            )
+        if tuple(theirs[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"checkpoint {path}: {key} is {tuple(theirs[key].shape)} there, {tuple(value.shape)} with this "
+                "config; resume with the model settings of that run (its config.yaml)"
+            )
+    progress = (ckpt.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("processed", ckpt.get("epoch", 0)))
 
 
 def pretrain_sources(cfg: dict) -> list[Path]:
@@ -205,6 +279,8 @@ def run_pretrain(cfg: dict) -> Path:
     for key in ("epochs", "batch_size"):
         if key not in cfg:
             raise ConfigError(f"config has no '{key}': add it to the YAML or pass {key}=N")
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]!r}: must be a whole number >= 1")
     L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
     run_dir = prepare_run_dir(cfg, "pretrain")
     resume = resolve_resume(cfg, run_dir)
@@ -221,25 +297,24 @@ def run_pretrain(cfg: dict) -> Path:
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
     )
-    save_every = int(get_dotted(cfg, "trainer.save_every", 0) or 0)
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "weights",
-        filename="epoch{epoch:03d}",
-        auto_insert_metric_name=False,
-        every_n_epochs=save_every or None,
-        save_top_k=-1 if save_every else 0,
-        save_last=True,
-        save_on_train_epoch_end=True,
-    )
     module = MAEPretraining(cfg)
-    trainer = build_trainer(
-        cfg,
-        run_dir,
-        [CsvMetrics(run_dir / "metrics.csv", METRIC_COLUMNS), ReconstructionFigures(cfg, run_dir),
-         ExportEncoder(run_dir)],
-        checkpoint=checkpoint,
-    )
+    finished = check_resume(resume, module) if resume else 0
+    callbacks = [
+        CsvMetrics(run_dir / "metrics.csv", METRIC_COLUMNS),
+        ReconstructionFigures(cfg, run_dir),
+        ExportEncoder(run_dir),
+    ]
+    trainer = build_trainer(cfg, run_dir, callbacks)
     if trainer.is_global_zero:
-        print(f"pre-training {len(dataset)} images -> {run_dir}" + (f" (resuming {resume})" if resume else ""))
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
+        if resume:
+            note = f"resuming {resume} after {finished} of {cfg['epochs']} epochs"
+            if finished >= int(cfg["epochs"]):
+                note += f" (nothing left to train: pass epochs=N with N > {finished} to continue)"
+        else:
+            note = "fresh start" + (" (resume=auto: no weights/last.ckpt yet)" if cfg.get("resume") else "")
+        print(f"pre-training on {len(dataset)} images -> {run_dir}: {note}")
+    try:
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
+    except SarmaeError as exc:
+        raise one_line_error(exc) from None
     return run_dir

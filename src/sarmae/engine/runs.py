@@ -3,30 +3,38 @@
 Run folder layout (Ultralytics-like)::
 
     runs/<command>/<name>/
-        config.yaml        effective config (after overrides)
-        metrics.csv        one row per logged step / epoch, appended across resumes
-        tb/                TensorBoard logs
-        weights/last.ckpt  written atomically every epoch (Lightning saves through an fsspec
-                           transaction: temp file, then move), plus periodic / best checkpoints
+        config.yaml           effective config (after overrides)
+        metrics.csv           one row per logged step / epoch, kept consistent across resumes
+        tb/                   TensorBoard logs
+        weights/last.ckpt     after every epoch, atomically (temp file in the same folder, fsync, rename)
+        weights/epochNNN.ckpt every ``trainer.save_every`` epochs (plus ``best.ckpt`` for fine-tuning)
+
+A run killed at any moment leaves a complete ``last.ckpt`` of its last finished epoch; ``resume=auto``
+continues from it with the model, optimiser, schedule, loop counters and every RNG restored.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
 import random
+import shutil
+import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sarmae.config import save_config
-from sarmae.errors import CheckpointError, ConfigError
+from sarmae.errors import CheckpointError, ConfigError, SarmaeError
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
 
@@ -39,14 +47,15 @@ def run_dir_for(cfg: dict, command: str) -> Path:
 
 
 def resolve_resume(cfg: dict, run_dir: Path) -> Path | None:
-    """``resume=auto`` -> ``weights/last.ckpt`` of this run if it exists; ``resume=PATH`` -> PATH."""
+    """``resume=auto`` -> ``weights/last.ckpt`` of this run if it exists (else None: a fresh start);
+    ``resume=PATH`` -> PATH, which must exist."""
     resume = cfg.get("resume")
     if resume in (None, False, ""):
         return None
-    if resume == "auto":
+    if resume == "auto" or resume is True:
         last = run_dir / "weights" / "last.ckpt"
         return last if last.is_file() else None
-    path = Path(resume)
+    path = Path(str(resume))
     if not path.is_file():
         raise CheckpointError(f"resume={resume}: no such checkpoint file; use resume=auto or a .ckpt path")
     return path
@@ -65,6 +74,100 @@ def _global_rank() -> int:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+# -- checkpoint files -------------------------------------------------------------------------------
+
+
+def verify_checkpoint_file(path: Path) -> None:
+    """Cheap integrity check before a resume: a torch zip archive whose members all pass their CRC.
+
+    torch itself reads a file with flipped bytes in a tensor without complaint, so a damaged
+    ``last.ckpt`` would silently resume from garbage; the zip CRCs catch that and truncation.
+    """
+    advice = "the file is damaged; resume from another checkpoint (weights/epochNNN.ckpt) or drop resume="
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CheckpointError(f"checkpoint {path}: not a complete torch checkpoint ({exc}); {advice}") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path}: corrupt data in '{bad}' (CRC mismatch); {advice}")
+
+
+def read_checkpoint_header(path: Path) -> dict[str, Any]:
+    """The checkpoint dict, memory-mapped (tensors are not read into RAM), after :func:`verify_checkpoint_file`."""
+    verify_checkpoint_file(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - an untrusted or damaged file: one readable line
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({reason})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
+        raise CheckpointError(f"checkpoint {path}: not a sarmae training checkpoint (weights/last.ckpt of a run)")
+    return ckpt
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temp file beside the target, fsync, then ``os.replace``.
+
+    Lightning's own atomic save goes through a temp file in ``/tmp`` and ``shutil.move``, which is a
+    plain copy (not atomic) when ``/tmp`` and the run folder are on different file systems; it also
+    keeps a second copy of the whole checkpoint in RAM. Reading errors become :class:`CheckpointError`.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with tmp.open("wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {path}: no such file") from None
+        except Exception as exc:  # noqa: BLE001
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(f"checkpoint {path}: cannot be read ({reason})") from None
+
+
+class EpochCheckpoints(Checkpoint):
+    """``weights/last.ckpt`` after every training epoch; a copy ``weights/epochNNN.ckpt`` every ``every`` epochs.
+
+    (Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last`` only when it also saves a top-k file,
+    i.e. not every epoch.) Being a ``Checkpoint``, Lightning runs it after the other callbacks and after the
+    module's ``on_train_epoch_end``, so the saved state includes everything the epoch did.
+    """
+
+    def __init__(self, dirpath: Path, every: int = 0) -> None:
+        self.dirpath = Path(dirpath)
+        self.every = int(every or 0)
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        trainer.save_checkpoint(self.last_path, weights_only=False)  # every rank calls it; the strategy writes on rank 0
+        epoch = trainer.current_epoch + 1
+        if self.every > 0 and epoch % self.every == 0 and trainer.is_global_zero:
+            target = self.dirpath / f"epoch{epoch:03d}.ckpt"
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(self.last_path, tmp)
+            os.replace(tmp, target)
+
+
+# -- RNG ----------------------------------------------------------------------------------------------
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -86,35 +189,45 @@ def _numpy_state_to_torch(state: tuple) -> tuple:
 
 
 def restore_rng_state(state: dict[str, Any] | None) -> None:
+    """Inverse of :func:`capture_rng_state` (missing parts are left alone; CUDA only if the device count matches)."""
     if not state:
         return
-    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
+    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
     py_state = state["python"]
     random.setstate((py_state[0], tuple(py_state[1]), py_state[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu() for s in cuda])
+
+
+# -- metrics.csv and the progress bar -------------------------------------------------------------------
 
 
 class CsvMetrics(Callback):
     """Append rows to ``metrics.csv`` with fixed columns; on resume, rows past the checkpoint are dropped.
 
     Rows come from ``LightningModule.csv_rows`` (a list the module fills), so the module decides what a row is
-    (one per logged step for MAE, one per epoch for the detector).
+    (one per logged step for MAE, one per epoch for the detector). The file is reconciled in ``on_train_start``,
+    the first hook after Lightning restored the loop counters (``on_fit_start`` still sees ``global_step=0``),
+    so rows written after the checkpoint by a killed run are not duplicated.
     """
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path = Path(path)
         self.columns = columns
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0:
             return
         kept: list[dict] = []
         if self.path.is_file() and trainer.global_step > 0:
             with self.path.open(newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(float(row["step"])) <= trainer.global_step]
+                reader = csv.DictReader(f)
+                if "step" in (reader.fieldnames or []):
+                    kept = [row for row in reader if _as_int(row.get("step")) <= trainer.global_step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             writer.writeheader()
@@ -134,6 +247,78 @@ class CsvMetrics(Callback):
         self.flush(trainer, pl_module)
 
 
+def _as_int(text: str | None) -> int:
+    try:
+        return int(float(text or "inf"))
+    except (OverflowError, ValueError):
+        return 1 << 62  # unparsable rows sort after every checkpoint and are dropped
+
+
+class RunProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar (per-epoch elapsed<remaining) plus ``eta``: time left for the whole run.
+
+    The rate is measured on this session's optimiser steps only, so a resumed run does not count the
+    steps it restored as instantaneous.
+    """
+
+    def __init__(self, refresh_rate: int = 1) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self._start: tuple[float, int] | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._start = (time.monotonic(), trainer.global_step)
+
+    def run_eta(self, trainer: L.Trainer) -> str | None:
+        if self._start is None:
+            return None
+        done = trainer.global_step - self._start[1]
+        total = trainer.estimated_stepping_batches
+        if done <= 0 or not np.isfinite(total):
+            return None
+        seconds = (time.monotonic() - self._start[0]) / done * max(0, int(total) - trainer.global_step)
+        return format_duration(seconds)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        eta = self.run_eta(trainer)
+        if eta is not None:
+            items["eta"] = eta
+        return items
+
+
+def format_duration(seconds: float) -> str:
+    """``3725.2`` -> ``'1:02:05'``; days are written as ``'2d 03:00:00'``."""
+    seconds = int(round(max(0.0, seconds)))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {hours:02d}:{rest // 60:02d}:{rest % 60:02d}" if days else text
+
+
+# -- errors raised inside trainer.fit --------------------------------------------------------------------
+
+
+def one_line_error(exc: SarmaeError) -> SarmaeError:
+    """A user error re-raised by a DataLoader worker carries the worker's traceback in its message
+    ("Caught DataError in DataLoader worker process 0. Original Traceback ..."); keep the original line."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return exc
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else text
+    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+    for head in (prefix, f"{type(exc).__name__}: "):
+        if last.startswith(head):
+            last = last[len(head) :]
+            break
+    return type(exc)(last)
+
+
+# -- the Trainer --------------------------------------------------------------------------------------
+
+
 def build_trainer(
     cfg: dict,
     run_dir: Path,
@@ -142,31 +327,41 @@ def build_trainer(
     checkpoint: ModelCheckpoint | None = None,
     val_every: int | None = None,
 ) -> L.Trainer:
-    """A Lightning Trainer from the ``trainer`` config section (devices, precision, DDP, accumulation)."""
+    """A Lightning Trainer from the ``trainer`` config section (devices, precision, DDP, accumulation).
+
+    ``weights/last.ckpt`` (every epoch) and ``weights/epochNNN.ckpt`` (every ``trainer.save_every``) come from
+    :class:`EpochCheckpoints`; ``checkpoint`` is an extra ``ModelCheckpoint`` (e.g. ``best.ckpt``), whose own
+    ``save_last`` is switched off so that only one writer owns ``last.ckpt``.
+    """
     tcfg = dict(cfg.get("trainer") or {})
     precision = str(tcfg.get("precision", "32-true"))
     if precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision={precision}: use one of {', '.join(PRECISIONS)}")
     accelerator = tcfg.get("accelerator", "auto")
-    if precision.startswith("16") and not torch.cuda.is_available():
+    if precision.startswith("16") and (accelerator == "cpu" or not torch.cuda.is_available()):
         warnings.warn("fp16 mixed precision needs a GPU; using bf16-mixed on CPU", stacklevel=2)
         precision = "bf16-mixed"
-    if checkpoint is None:
-        checkpoint = ModelCheckpoint(dirpath=run_dir / "weights", save_top_k=0, save_last=True)
-    strategy = tcfg.get("strategy", "auto")
+    accumulate = int(tcfg.get("accumulate", 1))
+    if accumulate < 1:
+        raise ConfigError(f"trainer.accumulate={accumulate}: must be >= 1 (batches per optimiser step)")
+    checkpoints: list[Callback] = [EpochCheckpoints(run_dir / "weights", int(tcfg.get("save_every", 0) or 0))]
+    if checkpoint is not None:
+        checkpoint.save_last = False
+        checkpoints.append(checkpoint)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     return L.Trainer(
         default_root_dir=run_dir,
         accelerator=accelerator,
         devices=tcfg.get("devices", "auto"),
         num_nodes=int(tcfg.get("num_nodes", 1)),
-        strategy=strategy,
+        strategy=tcfg.get("strategy", "auto"),
         precision=precision,
         max_epochs=int(cfg["epochs"]),
-        accumulate_grad_batches=int(tcfg.get("accumulate", 1)),
+        accumulate_grad_batches=accumulate,
         gradient_clip_val=tcfg.get("clip_grad"),
         logger=TensorBoardLogger(save_dir=run_dir, name="tb", version="", default_hp_metric=False),
-        callbacks=[checkpoint, TQDMProgressBar(refresh_rate=int(tcfg.get("progress_every", 1))), *callbacks],
+        callbacks=[*checkpoints, RunProgressBar(refresh_rate=int(tcfg.get("progress_every", 1))), *callbacks],
+        plugins=[AtomicCheckpointIO()],
         log_every_n_steps=int(tcfg.get("log_every", 10)),
         check_val_every_n_epoch=val_every or 1,
         num_sanity_val_steps=0,
