@@ -209,6 +209,7 @@ def build_vitdet(
     depth: int | None = None,
     num_heads: int | None = None,
     fpn_channels: int = 256,
+    anchor_scale: int = 8,
     image_mean: Sequence[float] = IMAGENET_MEAN,
     image_std: Sequence[float] = IMAGENET_STD,
     score_thresh: float = 0.05,
@@ -241,9 +242,11 @@ def build_vitdet(
         **arch,
     )
     backbone = SimpleFeaturePyramid(vit, fpn_channels)
-    anchors = AnchorGenerator(sizes=((32,), (64,), (128,), (256,), (512,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+    # One anchor size per level: anchor_scale x stride (8 x 4..64 = 32..512 px, the paper's setting).
+    sizes = tuple((anchor_scale * stride,) for stride in (4, 8, 16, 32, 64))
+    anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * 5)
     roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=0)
-    box_head = FastRCNNConvFCHead((fpn_channels, 7, 7), [256] * 4, [1024], norm_layer=ln2d)
+    box_head = FastRCNNConvFCHead((fpn_channels, 7, 7), [fpn_channels] * 4, [1024], norm_layer=ln2d)
     return FasterRCNN(
         backbone,
         num_classes=None,  # given by the predictor
