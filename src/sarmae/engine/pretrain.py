@@ -27,6 +27,7 @@ from sarmae.engine.runs import (
     one_line_error,
     prepare_run_dir,
     read_checkpoint_header,
+    report,
     resolve_resume,
     restore_rng_state,
 )
@@ -126,11 +127,10 @@ class MAEPretraining(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._stepped_at = self.global_step
-        if self.trainer.is_global_zero:
-            ocfg = self.cfg.get("optim") or {}
-            rule = "" if ocfg.get("lr") else f" = blr {float(ocfg.get('blr', 1.5e-4)):g} x {self.effective_batch}" \
-                f" / {int(ocfg.get('base_batch', 256))}"
-            print(f"effective batch {self.effective_batch}, peak lr {self.peak_lr:.4g}{rule}")
+        ocfg = self.cfg.get("optim") or {}
+        rule = "" if ocfg.get("lr") else f" = blr {float(ocfg.get('blr', 1.5e-4)):g} x {self.effective_batch}" \
+            f" / {int(ocfg.get('base_batch', 256))}"
+        report(self.trainer, f"effective batch {self.effective_batch}, peak lr {self.peak_lr:.4g}{rule}")
 
     def on_train_epoch_start(self) -> None:
         self._tic, self._seen = time.perf_counter(), 0
@@ -138,8 +138,8 @@ class MAEPretraining(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         skipped = int(self.trainer.strategy.reduce(torch.tensor(float(self._skipped)), reduce_op="sum"))
-        if skipped and self.trainer.is_global_zero:
-            print(f"epoch {self.current_epoch}: skipped {skipped} unreadable images (warnings above name them)")
+        if skipped:
+            report(self.trainer, f"epoch {self.current_epoch}: skipped {skipped} unreadable images (see warnings)")
         self.skipped_total += skipped
         self._skipped = 0
 

@@ -6,6 +6,7 @@ people usually show. Masks come from a private RNG so drawing a figure never dis
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -14,9 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from sarmae.data.io import IMAGE_EXTENSIONS, IntensityScaling, read_image  # noqa: E402
+from sarmae.data.io import IntensityScaling, read_image  # noqa: E402
 from sarmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from sarmae.errors import CheckpointError, DataError  # noqa: E402
+from sarmae.data.unlabeled import find_images  # noqa: E402
+from sarmae.errors import CheckpointError, ConfigError, DataError  # noqa: E402
 from sarmae.models.checkpoints import read_state_dict  # noqa: E402
 from sarmae.models.mae import MaskedAutoencoder, build_mae  # noqa: E402
 
@@ -24,15 +26,19 @@ COLUMNS = ("original", "masked input", "reconstruction", "reconstruction + visib
 
 
 def list_images(inputs: list[str | Path], limit: int | None = None) -> list[Path]:
-    """Image files from files and folders (recursive, sorted); a COCO json contributes its images."""
+    """Image files from files and folders (recursive, sorted); a COCO json contributes its images.
+
+    A path that does not exist is an error (a typo should not silently shrink the figure); files that exist
+    but cannot be decoded are dealt with by :func:`load_images`.
+    """
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.suffix == ".json" and item.is_file():
             from sarmae.data.unlabeled import UnlabeledImages
 
-            found += list(UnlabeledImages([item]).paths)
+            found += [Path(p) for p in UnlabeledImages([item]).paths]
         elif item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            found += [Path(p) for p in find_images(item)]
         elif item.is_file():
             found.append(item)
         else:
@@ -44,16 +50,29 @@ def list_images(inputs: list[str | Path], limit: int | None = None) -> list[Path
     return found[:limit] if limit else found
 
 
-def load_images(paths: list[Path], size: int, mean, std, scaling: IntensityScaling | None) -> torch.Tensor:
-    """(N, 3, size, size) normalised batch, resized like the MAE training transform (no flip)."""
-    batch = []
+def load_images(
+    paths: list[Path], size: int, mean, std, scaling: IntensityScaling | None, count: int | None = None
+) -> tuple[torch.Tensor, list[Path]]:
+    """The first ``count`` readable images as a (N, 3, size, size) normalised batch, resized like the MAE
+    training transform (no flip), and their paths. Unreadable files are skipped with one warning line each."""
+    batch, used, skipped = [], [], 0
     for path in paths:
-        image = torch.from_numpy(read_image(path, scaling)).permute(2, 0, 1)
+        if count is not None and len(batch) >= count:
+            break
+        try:
+            image = torch.from_numpy(read_image(path, scaling)).permute(2, 0, 1)
+        except (DataError, OSError) as exc:
+            skipped += 1
+            print(f"warning: skipping {path}: {exc}", file=sys.stderr)
+            continue
         image = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True)
         batch.append(image[0])
+        used.append(path)
+    if not batch:
+        raise DataError(f"none of the {skipped} images could be read (see the warnings above); pass readable images")
     images = torch.stack(batch)
     mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    return (images - mean_t) / std_t
+    return (images - mean_t) / std_t, used
 
 
 @torch.no_grad()
@@ -82,7 +101,10 @@ def reconstruction_panels(
     }
 
 
-def draw_figure(panels: dict[str, torch.Tensor], mean, std, out: Path, masked_fill: float = 0.0) -> Path:
+def draw_figure(
+    panels: dict[str, torch.Tensor], mean, std, out: Path, row_names: list[str] | None = None
+) -> Path:
+    """One row per image, one column per panel (each (N, 3, H, W), normalised); written as PNG to ``out``."""
     mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     rows = next(iter(panels.values())).shape[0]
     fig, axes = plt.subplots(rows, len(panels), figsize=(3 * len(panels), 3 * rows), squeeze=False)
@@ -95,6 +117,8 @@ def draw_figure(panels: dict[str, torch.Tensor], mean, std, out: Path, masked_fi
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(title)
+            if col == 0 and row_names:
+                ax.set_ylabel(row_names[row], fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
@@ -105,36 +129,44 @@ def draw_figure(panels: dict[str, torch.Tensor], mean, std, out: Path, masked_fi
 def save_reconstruction_figure(
     model: MaskedAutoencoder, inputs: list, out: Path, cfg: dict, count: int = 4, seed: int = 0
 ) -> Path:
-    """Figure for the first ``count`` images of ``inputs`` (files, folders or COCO json)."""
+    """Figure for the first ``count`` readable images of ``inputs`` (files, folders or COCO json)."""
     data = cfg.get("data") or {}
     mean, std = tuple(data.get("mean", IMAGENET_MEAN)), tuple(data.get("std", IMAGENET_STD))
-    paths = list_images(inputs, limit=count)
-    images = load_images(
-        paths, model.patch_embed.img_size[0], mean, std, IntensityScaling.from_config(data.get("scaling"))
-    )
+    scaling = IntensityScaling.from_config(data.get("scaling"))
+    images, used = load_images(list_images(inputs), model.patch_embed.img_size[0], mean, std, scaling, count)
     device = next(model.parameters()).device
-    return draw_figure(reconstruction_panels(model, images.to(device), seed), mean, std, out)
+    panels = reconstruction_panels(model, images.to(device), seed)
+    return draw_figure(panels, mean, std, out, row_names=[p.name for p in used])
 
 
 def load_mae_checkpoint(path: Path) -> tuple[MaskedAutoencoder, dict]:
     """Our pre-training checkpoint (``weights/last.ckpt``): the MAE and the config it was trained with."""
+    advice = "pass weights/last.ckpt (or weights/epochNNN.ckpt) of a sarmae pretrain run"
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint; pass weights/last.ckpt of a pretrain run")
+        raise CheckpointError(f"{path}: no such checkpoint; {advice}")
+    if path.suffix == ".safetensors":
+        raise CheckpointError(f"{path}: holds the encoder only, the figure needs the MAE decoder too; {advice}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
-    cfg = (ckpt.get("hyper_parameters") or {}).get("cfg") if isinstance(ckpt, dict) else None
-    if not cfg:
-        raise CheckpointError(f"{path}: not a sarmae pre-training checkpoint (no config inside)")
-    model = build_mae(cfg.get("model") or {})
-    model.load_state_dict(read_state_dict(path))
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); {advice}") from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    cfg = (hparams or {}).get("cfg") if isinstance(hparams, dict) else None
+    if not isinstance(cfg, dict) or "classes" in hparams:
+        raise CheckpointError(f"{path}: not a sarmae MAE pre-training checkpoint; {advice}")
+    try:
+        model = build_mae(cfg.get("model") or {})
+        model.load_state_dict(read_state_dict(path))
+    except (ConfigError, RuntimeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path}: weights do not fit its own MAE config ({reason}); {advice}") from None
     return model, cfg
 
 
 def reconstruct(checkpoint: Path, inputs: list[str], out: Path, seed: int = 0, count: int = 8) -> Path:
-    """``sarmae reconstruct``: the figure for up to ``count`` images."""
-    model, cfg = load_mae_checkpoint(checkpoint)
-    path = save_reconstruction_figure(model, inputs, out, cfg, count=count, seed=seed)
+    """``sarmae reconstruct``: the figure (original | masked | reconstruction | pasted) for up to ``count`` images."""
+    model, cfg = load_mae_checkpoint(Path(checkpoint))
+    path = save_reconstruction_figure(model, inputs, Path(out), cfg, count=count, seed=seed)
     print(f"wrote {path}")
     return path

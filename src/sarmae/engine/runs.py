@@ -158,7 +158,8 @@ class EpochCheckpoints(Checkpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        trainer.save_checkpoint(self.last_path, weights_only=False)  # every rank calls it; the strategy writes on rank 0
+        # Every rank calls it (a barrier); the strategy writes the file on rank 0 only.
+        trainer.save_checkpoint(self.last_path, weights_only=False)
         epoch = trainer.current_epoch + 1
         if self.every > 0 and epoch % self.every == 0 and trainer.is_global_zero:
             target = self.dirpath / f"epoch{epoch:03d}.ckpt"
@@ -286,6 +287,17 @@ class RunProgressBar(TQDMProgressBar):
         if eta is not None:
             items["eta"] = eta
         return items
+
+
+def report(trainer: L.Trainer, text: str) -> None:
+    """Print one line on rank 0 without tearing the progress bar (``tqdm.write`` when a bar is shown)."""
+    if not trainer.is_global_zero:
+        return
+    bar = trainer.progress_bar_callback
+    if isinstance(bar, TQDMProgressBar) and bar.is_enabled:
+        bar.print(text)
+    else:
+        print(text)
 
 
 def format_duration(seconds: float) -> str:

@@ -1,0 +1,100 @@
+"""Table 1 runs shared by ``sarmae demo`` and ``sarmae reproduce``: one fine-tuning run per (row, seed),
+each evaluated on the val split from its *last* checkpoint (no model selection on val), then the table.
+
+Every step is resumable: a finished step leaves a marker file (``encoder.safetensors`` for pre-training,
+``eval/metrics.json`` for a row) and is skipped when run again; an interrupted step continues from its
+``weights/last.ckpt`` (``resume=auto``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from sarmae.config import load_config, set_dotted
+from sarmae.engine.metrics import TABLE_COLUMNS, format_table
+
+
+@dataclass(frozen=True)
+class Row:
+    """One Table 1 row: its label (``Pre-train data``), ``init`` mode and weights file."""
+
+    label: str
+    init: str
+    weights: Path | None = None
+
+
+def run_pretrain_step(config: str, overrides: list[str], out: Path) -> Path:
+    """MAE pre-training into ``out`` unless already finished; returns ``out/encoder.safetensors``."""
+    encoder = out / "encoder.safetensors"
+    if encoder.is_file():
+        print(f"pre-training: done earlier ({encoder})")
+        return encoder
+    from sarmae.engine.pretrain import run_pretrain
+
+    cfg = load_config(config, overrides)
+    set_dotted(cfg, "out", str(out))
+    set_dotted(cfg, "resume", "auto")
+    run_pretrain(cfg)
+    return encoder
+
+
+def run_row(row: Row, seed: int, config: str, overrides: list[str], data_root: Path, out: Path) -> dict:
+    """Fine-tune one row with one seed into ``out`` and evaluate its last checkpoint on val."""
+    marker = out / "eval" / "metrics.json"
+    if marker.is_file():
+        print(f"{row.label} (seed {seed}): done earlier ({marker})")
+        return json.loads(marker.read_text())
+    from sarmae.engine.evaluate import evaluate_checkpoint
+    from sarmae.engine.finetune import run_finetune
+
+    cfg = load_config(config, overrides)
+    for key, value in (("out", str(out)), ("resume", "auto"), ("seed", seed), ("init", row.init),
+                       ("weights", str(row.weights) if row.weights else None), ("data.root", str(data_root))):
+        set_dotted(cfg, key, value)
+    run_finetune(cfg)
+    split = cfg.get("data", {}).get("val_split", "val")
+    return evaluate_checkpoint(out / "weights" / "last.ckpt", data_root=data_root, split=split, out=out / "eval")
+
+
+def summarise(per_row: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per row: each Table 1 column as a float (one seed) or a (mean, std) pair (several seeds)."""
+    table: dict[str, dict] = {}
+    for label, runs in per_row.items():
+        table[label] = {}
+        for column in TABLE_COLUMNS:
+            values = [float(r[column]) for r in runs if r.get(column) is not None and not math.isnan(float(r[column]))]
+            if not values:
+                table[label][column] = float("nan")
+            elif len(values) == 1:
+                table[label][column] = values[0]
+            else:
+                table[label][column] = (statistics.mean(values), statistics.stdev(values))
+    return table
+
+
+def write_table(per_row: dict[str, list[dict]], out: Path, title: str) -> str:
+    """Print and save the table as ``table.md`` and ``table.json`` (per-seed values included)."""
+    table = summarise(per_row)
+    text = format_table(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(f"# {title}\n\n{text}\n")
+
+    def clean(value):
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, tuple):
+            return {"mean": value[0], "std": value[1]}
+        return value
+
+    payload = {
+        label: {"summary": {k: clean(v) for k, v in table[label].items()},
+                "runs": [{k: clean(r.get(k)) for k in TABLE_COLUMNS} for r in runs]}
+        for label, runs in per_row.items()
+    }
+    (out / "table.json").write_text(json.dumps(payload, indent=2))
+    print(f"\n{title}\n{text}\n(saved {out / 'table.md'} and {out / 'table.json'})")
+    return text
