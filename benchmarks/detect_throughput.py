@@ -15,23 +15,13 @@ from collections import defaultdict
 import torch
 
 from sarmae.config import load_config
+from sarmae.engine.throughput import detection_speed, random_detection_batch
 from sarmae.models.vitdet import build_detector
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def fake_batch(batch: int, size: int, device: torch.device) -> tuple[list[torch.Tensor], list[dict]]:
-    """Random images with 5 random boxes each (labels 1..6)."""
-    images = [torch.rand(3, size, size, device=device) for _ in range(batch)]
-    targets = []
-    for _ in range(batch):
-        xy = torch.rand(5, 2, device=device) * size * 0.8
-        wh = 8 + torch.rand(5, 2, device=device) * size * 0.15
-        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(1, 7, (5,), device=device)})
-    return images, targets
 
 
 class StageTimer:
@@ -61,42 +51,21 @@ class StageTimer:
 
 
 def measure(config: str, precision: str, batch: int, steps: int, device: torch.device) -> dict:
-    cfg = load_config(config)
-    size = int(cfg["model"].get("img_size", 800))
-    model = build_detector(cfg["model"], num_classes=7).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    model_cfg = load_config(config)["model"]
+    size = int(model_cfg.get("img_size", 800))
+    train = detection_speed(model_cfg, batch, steps, device, precision, train=True)
+    infer = detection_speed(model_cfg, batch, steps, device, precision, train=False)
+    model = build_detector(model_cfg, num_classes=7).to(device).eval()
+    images, _ = random_detection_batch(batch, size, device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    images, targets = fake_batch(batch, size, device)
-
-    def train_step() -> None:
-        with amp:
-            loss = sum(model(images, targets).values())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    model.train()
-    train_step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step()
-    sync(device)
-    train_speed = batch * steps / (time.perf_counter() - start)
-
-    model.eval()
     with torch.no_grad(), amp:
         model(images)
         timer = StageTimer(model, device)
-        sync(device)
-        start = time.perf_counter()
         for _ in range(steps):
             model(images)
-        sync(device)
-    infer_speed = batch * steps / (time.perf_counter() - start)
-    total = sum(timer.split().values())
-    split = {name: value / total for name, value in timer.split().items()}
-    return {"size": size, "train": train_speed, "infer": infer_speed, "split": split}
+    times = timer.split()
+    total = sum(times.values())
+    return {"size": size, "train": train, "infer": infer, "split": {k: v / total for k, v in times.items()}}
 
 
 def main() -> None:

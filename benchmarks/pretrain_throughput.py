@@ -10,43 +10,11 @@ AdamW step, exactly what ``sarmae pretrain`` runs per batch (data loading exclud
 from __future__ import annotations
 
 import argparse
-import contextlib
-import time
 
 import torch
 
 from sarmae.config import load_config
-from sarmae.models.mae import build_mae
-
-
-def measure(config: str, precision: str, batch: int, steps: int, device: torch.device, compile_: bool) -> float:
-    cfg = load_config(config)
-    model = build_mae(cfg["model"]).to(device).train()
-    size = int(cfg["model"].get("img_size", 256))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
-    forward = torch.compile(model) if compile_ else model
-    images = torch.randn(batch, 3, size, size, device=device)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    )
-
-    def step() -> None:
-        with autocast:
-            loss, _, _ = forward(images)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(2):  # warm-up (allocator, kernels, compile)
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - start)
+from sarmae.engine.throughput import pretrain_speed
 
 
 def main() -> None:
@@ -62,9 +30,10 @@ def main() -> None:
     print(f"device: {name}, torch {torch.__version__}")
     print(f"{'config':<26} {'precision':<9} {'batch':>5} {'images/s':>10}")
     for config in args.configs:
-        batch = args.batch or (int(load_config(config)["batch_size"]) if device.type == "cuda" else 8)
+        cfg = load_config(config)
+        batch = args.batch or (int(cfg["batch_size"]) if device.type == "cuda" else 8)
         for precision in args.precisions:
-            speed = measure(config, precision, batch, args.steps, device, args.compile)
+            speed = pretrain_speed(cfg["model"], batch, args.steps, device, precision, args.compile)
             print(f"{config:<26} {precision:<9} {batch:>5} {speed:>10.2f}", flush=True)
 
 

@@ -100,6 +100,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from sarmae.engine.reproduce import run_reproduce
+
+    run_reproduce(
+        Path(args.data), out=Path(args.out), gpus=args.gpus, imagenet_weights=args.imagenet_weights,
+        overrides=args.overrides, pretrain_config=args.pretrain_config, finetune_config=args.finetune_config,
+        plan_only=args.plan_only,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sarmae",
@@ -172,6 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--imagenet-weights", default=None, help="an ImageNet MAE/timm checkpoint of the demo's ViT size")
     dm.add_argument("overrides", nargs="*", metavar="key=value", help="configs/demo/demo.yaml overrides")
     dm.set_defaults(func=_cmd_demo)
+
+    rp = sub.add_parser(
+        "reproduce",
+        help="the paper's full Table 1 on SARDet-100K: MAE pre-training, three fine-tuning rows, the table",
+        description="Print the plan (with GPU-hours measured from a short warm-up), then run every step. "
+        "Running it again resumes where it stopped.",
+    )
+    rp.add_argument("--data", required=True, help="SARDet-100K root (Annotations/, JPEGImages/)")
+    rp.add_argument("--gpus", type=int, default=1, help="GPUs per training run (DDP)")
+    rp.add_argument("--imagenet-weights", default=None, help="official MAE ImageNet checkpoint for the ImageNet row")
+    rp.add_argument("--out", default="runs/reproduce", help="run folder")
+    rp.add_argument("--pretrain-config", default="mae_vitb16_sardet100k")
+    rp.add_argument("--finetune-config", default="vitdet_b_sardet100k")
+    rp.add_argument("--plan-only", action="store_true", help="print the plan and the estimate, run nothing")
+    rp.add_argument("overrides", nargs="*", metavar="key=value", help="pretrain.KEY=V / finetune.KEY=V overrides")
+    rp.set_defaults(func=_cmd_reproduce)
     return parser
 
 

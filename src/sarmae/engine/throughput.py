@@ -1,0 +1,93 @@
+"""Measured training speed of a config on this device, from a few steps on random data.
+
+Used by ``sarmae reproduce`` to estimate GPU-hours before it starts, and by the scripts in ``benchmarks/``.
+Data loading is excluded: these numbers are the model's ceiling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision.startswith("bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision.startswith("16"):
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(step, steps: int, device: torch.device) -> float:
+    step()  # warm-up: allocator, kernels, compile
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def random_detection_batch(batch: int, size: int, device: torch.device, num_classes: int = 6):
+    """Random images with 5 random boxes each (labels 1..num_classes)."""
+    images = [torch.rand(3, size, size, device=device) for _ in range(batch)]
+    targets = []
+    for _ in range(batch):
+        xy = torch.rand(5, 2, device=device) * size * 0.8
+        wh = 8 + torch.rand(5, 2, device=device) * size * 0.15
+        labels = torch.randint(1, num_classes + 1, (5,), device=device)
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": labels})
+    return images, targets
+
+
+def pretrain_speed(model_cfg: dict, batch: int, steps: int, device: torch.device, precision: str = "32",
+                   compile_model: bool = False) -> float:
+    """Images/s of MAE training steps (forward + backward + AdamW)."""
+    from sarmae.models.mae import build_mae
+
+    model = build_mae(model_cfg).to(device).train()
+    forward = torch.compile(model) if compile_model else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    size = int(model_cfg.get("img_size", 256))
+    images = torch.randn(batch, 3, size, size, device=device)
+
+    def step() -> None:
+        with _autocast(device, precision):
+            loss, _, _ = forward(images)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return batch / _timed(step, steps, device)
+
+
+def detection_speed(model_cfg: dict, batch: int, steps: int, device: torch.device, precision: str = "32",
+                    train: bool = True) -> float:
+    """Images/s of ViTDet training steps (``train``) or inference at the config's input size."""
+    from sarmae.models.vitdet import build_detector
+
+    model = build_detector(model_cfg, num_classes=7).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    images, targets = random_detection_batch(batch, int(model_cfg.get("img_size", 800)), device)
+
+    def train_step() -> None:
+        with _autocast(device, precision):
+            loss = sum(model(images, targets).values())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def infer_step() -> None:
+        with _autocast(device, precision):
+            model(images)
+
+    model.train(train)
+    return batch / _timed(train_step if train else infer_step, steps, device)
