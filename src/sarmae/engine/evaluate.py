@@ -1,23 +1,39 @@
 """``sarmae evaluate``: COCO bbox metrics of a detector checkpoint on one split (paper Table 1 row).
 
-Runs through Lightning's ``validate`` so the same code path serves training-time validation, and writes
-``metrics.json`` (Table 1 keys + per_class), ``results.json`` (COCO results with the dataset's own image and
-category ids) and ``samples.png`` (ground truth vs prediction, paper Figure 3 style).
+Runs through Lightning's ``validate`` so the code path is the one of training-time validation, and writes
+``metrics.json`` (Table 1 keys + per_class, strict JSON: NaN becomes null), ``results.json`` (COCO results with
+the dataset's own image and category ids) and ``samples.png`` (ground truth | prediction, paper Figure 3 style).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+from PIL import Image
 
 from sarmae.data.coco import CocoDetection
 from sarmae.data.io import IntensityScaling
 from sarmae.engine.detector_io import load_detector, pick_device
-from sarmae.engine.finetune import detection_loader
+from sarmae.engine.finetune import class_info, detection_loader
 from sarmae.engine.metrics import format_table
-from sarmae.errors import DataError
+from sarmae.engine.predict import draw_boxes
+from sarmae.errors import ConfigError, DataError
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN / inf -> None, recursively, so ``json.dumps(..., allow_nan=False)`` writes strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def evaluate_checkpoint(
@@ -29,38 +45,90 @@ def evaluate_checkpoint(
     batch_size: int = 4,
     device: str = "auto",
 ) -> dict:
-    """Evaluate, print the Table 1 row, write the files; returns the metrics dict."""
+    """Evaluate, print the Table 1 row, write the three files; returns the metrics dict (NaN where undefined)."""
+    if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 1:
+        raise ConfigError(f"--max-dets {max_dets}: must be a whole number >= 1 (detections scored per image)")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be >= 1")
+    dev = pick_device(device)
     module = load_detector(checkpoint)
     cfg = module.cfg
     dataset = CocoDetection(
         data_root, split, scaling=IntensityScaling.from_config((cfg.get("data") or {}).get("scaling")),
         keep_empty=True,
     )
-    if dict(dataset.label_to_cat_id) != module.label_to_cat_id or list(dataset.class_names) != list(
-        module.classes["names"]
-    ):
+    if class_info(dataset) != {"names": list(module.classes["names"]), "label_to_cat_id": module.label_to_cat_id}:
         raise DataError(
-            f"{dataset.ann_file}: categories {list(dataset.class_names)} differ from the checkpoint's "
-            f"{module.classes['names']}; evaluate on the dataset the model was trained for"
+            f"{dataset.ann_file}: categories {dict(zip(dataset.label_to_cat_id.values(), dataset.class_names))} "
+            f"differ from the checkpoint's {dict(zip(module.label_to_cat_id.values(), module.classes['names']))} "
+            "(id: name); evaluate on a dataset with the categories the model was trained for"
         )
+    if len(dataset) == 0:
+        raise DataError(f"{dataset.ann_file}: no images to evaluate")
     module.coco_gt = dataset.coco_gt
-    module.max_dets = max_dets
-    module.model.roi_heads.detections_per_img = max(max_dets, module.model.roi_heads.detections_per_img)
-    dev = pick_device(device)
+    module.set_max_dets(max_dets)
+    # Full precision on CPU (bf16 there is slow); the training precision on a GPU.
+    precision = str(get_precision(cfg)) if dev.type == "cuda" else "32-true"
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     trainer = L.Trainer(
         accelerator="gpu" if dev.type == "cuda" else "cpu", devices=[dev.index or 0] if dev.type == "cuda" else 1,
-        logger=False, enable_model_summary=False, enable_checkpointing=False,
-        precision=str((cfg.get("trainer") or {}).get("precision", "32-true")),
+        logger=False, enable_model_summary=False, enable_checkpointing=False, precision=precision,
     )
-    trainer.validate(module, detection_loader(dataset, cfg, train=False, batch_size=batch_size), verbose=False)
+    loader = detection_loader(dataset, {**cfg, "batch_size": batch_size}, train=False)
+    trainer.validate(module, loader, verbose=False)
     metrics = module.metrics
     print(format_table({split: metrics}))
     out = Path(out) if out else Path("runs") / "evaluate" / f"{Path(checkpoint).parent.parent.name}_{split}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "results.json").write_text(json.dumps(module.last_results))
-    from sarmae.engine.predict import save_gt_vs_prediction
-
+    summary = {**metrics, "checkpoint": str(checkpoint), "data": str(data_root), "split": split, "max_dets": max_dets}
+    (out / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
+    (out / "results.json").write_text(json.dumps(module.last_results, allow_nan=False))
     save_gt_vs_prediction(dataset, module.last_results, out / "samples.png", module.classes)
     print(f"wrote {out / 'metrics.json'}, {out / 'results.json'}, {out / 'samples.png'}")
     return metrics
+
+
+def get_precision(cfg: dict) -> str:
+    return str((cfg.get("trainer") or {}).get("precision", "32-true"))
+
+
+def save_gt_vs_prediction(dataset: CocoDetection, results: list[dict], out: Path, classes: dict, count: int = 4,
+                          score_threshold: float = 0.3) -> Path:
+    """Rows of ground truth | prediction (score >= ``score_threshold``) for the first ``count`` images with objects
+    (the first images at all when none has objects); unreadable images are left out."""
+    names = list(classes["names"])
+    cat_to_label = {int(v): int(k) for k, v in classes["label_to_cat_id"].items()}
+    by_image: dict[int, list[dict]] = {}
+    for r in results:
+        if r["score"] >= score_threshold:
+            by_image.setdefault(int(r["image_id"]), []).append(r)
+    annotated = {a.get("image_id") for a in dataset.coco_gt["annotations"] if not a.get("iscrowd", 0)}
+    with_objects = [i for i in range(len(dataset)) if dataset.image_info(i)["id"] in annotated]
+    order = with_objects or list(range(len(dataset)))
+    tiles = []
+    for index in order:
+        try:
+            image, target = dataset[index]
+        except (DataError, OSError):
+            continue
+        pixels = image.permute(1, 2, 0).numpy()
+        gt = draw_boxes(pixels, target["boxes"], target["labels"], [None] * len(target["labels"]), names)
+        dets = by_image.get(int(target["image_id"]), [])
+        boxes = [[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3]] for d in dets]
+        pred = draw_boxes(pixels, boxes, [cat_to_label[d["category_id"]] for d in dets], [d["score"] for d in dets],
+                          names)
+        row = Image.new("RGB", (gt.width * 2 + 8, gt.height), "white")
+        row.paste(gt, (0, 0))
+        row.paste(pred, (gt.width + 8, 0))
+        tiles.append(row)
+        if len(tiles) == count:
+            break
+    sheet = Image.new("RGB", (max((t.width for t in tiles), default=1), max(1, sum(t.height + 8 for t in tiles))),
+                      "white")
+    y = 0
+    for tile in tiles:
+        sheet.paste(tile, (0, y))
+        y += tile.height + 8
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

@@ -2,16 +2,21 @@
 
 Recipe (paper / SARDet-100K toolkit): 800x800 resize + flip, AdamW lr 1e-4 betas (0.9, 0.999) wd 0.05,
 500 linear warm-up iterations, x0.1 at epochs 8 and 11 of 12; optional ViTDet layer-wise lr decay.
-Validation (COCO bbox on the val split) runs every epoch; ``weights/best.ckpt`` follows val mAP.
+Validation (COCO bbox on the val split) runs every ``eval.every`` epochs; ``weights/best.ckpt`` follows val mAP,
+``weights/last.ckpt`` is written after every epoch and ``resume=auto`` continues from it exactly (model, optimiser,
+schedule, loop counters, best score and every RNG).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from sarmae.config import get_dotted
@@ -19,23 +24,56 @@ from sarmae.data.coco import CocoDetection
 from sarmae.data.io import IntensityScaling
 from sarmae.data.robust import SkipBadSamples, collate_detection
 from sarmae.data.transforms import detection_transforms
-from sarmae.engine.metrics import coco_metrics, detections_to_coco, format_table, gather_results
+from sarmae.engine.metrics import TABLE_COLUMNS, coco_metrics, detections_to_coco, format_table, gather_results
 from sarmae.engine.runs import (
     CsvMetrics,
     build_trainer,
     capture_rng_state,
+    one_line_error,
     prepare_run_dir,
+    read_checkpoint_header,
     resolve_resume,
     restore_rng_state,
 )
-from sarmae.errors import ConfigError
+from sarmae.errors import CheckpointError, ConfigError, DataError, SarmaeError
 from sarmae.models.checkpoints import load_encoder_weights
 from sarmae.models.vitdet import build_detector, param_groups
 
-TABLE_KEYS = ("mAP", "AP50", "AP75", "mAP_s", "mAP_m", "mAP_l")
+TABLE_KEYS = TABLE_COLUMNS  # mAP, AP50, AP75, mAP_s, mAP_m, mAP_l
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
-METRIC_COLUMNS = ["epoch", "step", "loss", *LOSS_KEYS, "lr", *(f"val_{k}" for k in TABLE_KEYS)]
+METRIC_COLUMNS = ["epoch", "step", "loss", *LOSS_KEYS, "lr", "images_per_s", *(f"val_{k}" for k in TABLE_KEYS)]
 INITS = ("scratch", "imagenet", "sar", "timm")
+# ViT tensors a pre-trained encoder does not have: ViTDet's relative position tables (zero-initialised).
+NEW_IN_VITDET = ("rel_pos_h", "rel_pos_w")
+
+
+def _positive_int(cfg: dict, key: str, default: Any = None) -> int:
+    value = get_dotted(cfg, key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value!r}: must be a whole number >= 1")
+    return value
+
+
+def check_finetune_config(cfg: dict) -> None:
+    """Fail in the first second, not after the datasets are parsed: run length, init/weights, eval settings."""
+    for key in ("epochs", "batch_size"):
+        if key not in cfg:
+            raise ConfigError(f"config has no '{key}': add it to the YAML or pass {key}=N")
+        _positive_int(cfg, key)
+    _positive_int(cfg, "eval.max_dets", 100)
+    _positive_int(cfg, "eval.every", 1)
+    if not get_dotted(cfg, "data.root"):
+        raise ConfigError("no dataset: pass data.root=PATH (a COCO / SARDet-100K root with Annotations/)")
+    init, weights = cfg.get("init") or "scratch", cfg.get("weights")
+    if init not in INITS:
+        raise ConfigError(f"init={init}: use one of {', '.join(INITS)}")
+    if init == "scratch" and weights:
+        raise ConfigError("init=scratch does not take weights=; use init=sar|imagenet|timm weights=PATH")
+    if init != "scratch":
+        if not weights:
+            raise ConfigError(f"init={init} needs weights=PATH (an MAE / timm checkpoint or encoder.safetensors)")
+        if not Path(str(weights)).is_file() and not cfg.get("resume"):
+            raise ConfigError(f"weights={weights}: no such file; pass the checkpoint to initialise the ViT from")
 
 
 def step_schedule(step: int, warmup: int, milestones: list[int], gamma: float = 0.1) -> float:
@@ -46,11 +84,33 @@ def step_schedule(step: int, warmup: int, milestones: list[int], gamma: float = 
     return factor
 
 
+def _to_float32(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() else obj
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_float32(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_float32(v) for v in obj)
+    return obj
+
+
+def keep_boxes_float32(model: torch.nn.Module) -> None:
+    """Make anchors, proposals and detections float32 under bf16/fp16 autocast; the heavy layers stay mixed.
+
+    torchvision builds anchors in the dtype of the feature maps and decodes boxes in the dtype of the regression
+    output; bf16 keeps 8 mantissa bits, i.e. 4-px steps at 800 px, which erases small SAR objects. Forward hooks
+    cast the pyramid, RPN head and box predictor outputs back to float32 (state-dict keys are unchanged).
+    """
+    for module in (model.backbone, model.rpn.head, model.roi_heads.box_predictor):
+        module.register_forward_hook(lambda _module, _inputs, output: _to_float32(output))
+
+
 class ViTDetFinetuning(L.LightningModule):
     """Wraps the torchvision Faster R-CNN (at ``self.model``) with optimiser, schedule and COCO validation.
 
     ``classes`` = {"names": [...], "label_to_cat_id": {label: file category id}} travels in the checkpoint,
-    so evaluation and prediction write the dataset's own category ids.
+    so evaluation and prediction write the dataset's own category ids. One ``metrics.csv`` row per validation:
+    mean losses since the previous row, the lr, training images/s and the val Table 1 metrics.
     """
 
     def __init__(self, cfg: dict, classes: dict, coco_gt: dict | None = None) -> None:
@@ -60,8 +120,10 @@ class ViTDetFinetuning(L.LightningModule):
         self.classes = classes
         self.label_to_cat_id = {int(k): int(v) for k, v in classes["label_to_cat_id"].items()}
         self.model = build_detector(cfg.get("model") or {}, num_classes=len(classes["names"]) + 1)
+        keep_boxes_float32(self.model)
+        self._configured_dets = int(self.model.roi_heads.detections_per_img)
+        self.set_max_dets(int(get_dotted(cfg, "eval.max_dets", 100)))
         self.coco_gt = coco_gt
-        self.max_dets = int(get_dotted(cfg, "eval.max_dets", 100))
         self.csv_rows: list[dict] = []
         self.metrics: dict = {}
         self._results: list[dict] = []
@@ -69,32 +131,66 @@ class ViTDetFinetuning(L.LightningModule):
         self._losses: dict[str, float] = {}
         self._n_loss = 0
         self._skipped = 0
+        self._seen = 0
+        self._train_s = 0.0
+        self._tic = time.perf_counter()
+
+    def set_max_dets(self, max_dets: int) -> None:
+        """COCO scores up to ``max_dets`` detections per image, so the detector must keep at least that many."""
+        self.max_dets = int(max_dets)
+        self.model.roi_heads.detections_per_img = max(self._configured_dets, self.max_dets)
 
     def initialise_backbone(self) -> None:
-        """``init=scratch|imagenet|sar|timm`` with ``weights=PATH``: load ViT weights, print what happened."""
-        init, weights = self.cfg.get("init", "scratch"), self.cfg.get("weights")
-        if init not in INITS:
-            raise ConfigError(f"init={init}: use one of {', '.join(INITS)}")
-        if init == "scratch":
-            if weights:
-                raise ConfigError("init=scratch does not take weights=; use init=sar|imagenet|timm weights=PATH")
-            return
-        if not weights:
-            raise ConfigError(f"init={init} needs weights=PATH (an MAE / timm checkpoint or encoder.safetensors)")
-        report = load_encoder_weights(self.model.backbone.vit, Path(weights))
-        print(f"init={init}: {report.summary()}")
+        """``init=scratch|imagenet|sar|timm`` with ``weights=PATH``: load the ViT encoder, print what happened.
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        Every ViT tensor except ViTDet's new rel-pos tables must come from the checkpoint; a partial load
+        (another architecture, a classifier-only file) is an error rather than a silently weaker baseline.
+        """
+        init, weights = self.cfg.get("init") or "scratch", self.cfg.get("weights")
+        if init == "scratch":
+            return
+        vit = self.model.backbone.vit
+        report = load_encoder_weights(vit, Path(str(weights)))
+        needed = [k for k in vit.state_dict() if not k.endswith(NEW_IN_VITDET)]
+        absent = [k for k in needed if k not in report.loaded]
+        if absent:
+            raise CheckpointError(
+                f"weights={weights}: {len(absent)} of {len(needed)} ViT tensors could not be loaded "
+                f"({', '.join(absent[:4])}{', ...' if len(absent) > 4 else ''}); {report.summary()}"
+            )
+        if rank_zero_only.rank == 0:
+            print(f"init={init} from {weights}: {report.summary()}")
+
+    # -- training -----------------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         images, targets, n_skipped = batch
         self._skipped += int(n_skipped)
+        if not images:  # every image of this batch was unreadable
+            if self.trainer.world_size == 1:
+                return None  # Lightning skips the batch
+            # DDP needs a backward on every rank: a zero loss that touches every trainable parameter.
+            return sum((p * 0).sum() for p in self.model.parameters() if p.requires_grad)
+        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
         losses = self.model(images, targets)
         loss = sum(losses.values())
         for key, value in losses.items():
             self._losses[key] = self._losses.get(key, 0.0) + float(value.detach())
         self._n_loss += 1
+        self._seen += len(images)
         self.log("loss", loss, prog_bar=True, batch_size=len(images))
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=len(images))
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._tic = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Loading + step time, without validation (which runs after the last batch).
+        now = time.perf_counter()
+        self._train_s += now - self._tic
+        self._tic = now
 
     def on_train_epoch_end(self) -> None:
         skipped = int(self.trainer.strategy.reduce(torch.tensor(float(self._skipped)), reduce_op="sum"))
@@ -102,14 +198,18 @@ class ViTDetFinetuning(L.LightningModule):
             print(f"epoch {self.current_epoch}: skipped {skipped} unreadable images (warnings above name them)")
         self._skipped = 0
 
+    # -- validation ---------------------------------------------------------------------------------
+
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets, _ = batch
+        if not images:
+            return
         outputs = self.model(images)
         image_ids = [int(t["image_id"]) for t in targets]
         self._results += detections_to_coco(image_ids, outputs, self.label_to_cat_id)
 
     def on_validation_epoch_end(self) -> None:
-        results = gather_results(self._results)
+        results = gather_results(self._results)  # all ranks, padded duplicates dropped
         self._results, self.last_results = [], results
         names = dict(zip(self.label_to_cat_id.values(), self.classes["names"]))
         self.metrics = coco_metrics(self.coco_gt, results, max_dets=self.max_dets, class_names=names)
@@ -118,15 +218,18 @@ class ViTDetFinetuning(L.LightningModule):
         if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
             return
         n = max(1, self._n_loss)
-        row = {key: f"{self._losses.get(key, 0.0) / n:.5f}" for key in LOSS_KEYS}
+        row: dict[str, Any] = {key: f"{self._losses.get(key, 0.0) / n:.5f}" for key in LOSS_KEYS}
         row["loss"] = f"{sum(self._losses.values()) / n:.5f}"
         row.update({f"val_{k}": f"{self.metrics[k]:.5f}" for k in TABLE_KEYS})
-        row.update(epoch=self.current_epoch, step=self.global_step,
+        speed = self._seen * self.trainer.world_size / max(self._train_s, 1e-9)
+        row.update(epoch=self.current_epoch, step=self.global_step, images_per_s=f"{speed:.2f}",
                    lr=f"{self.optimizers().param_groups[0]['lr']:.6e}")
         self.csv_rows.append(row)
-        self._losses, self._n_loss = {}, 0
+        self._losses, self._n_loss, self._seen, self._train_s = {}, 0, 0, 0.0
         if self.trainer.is_global_zero:
-            print(f"\nepoch {self.current_epoch}: " + format_table({"val": self.metrics}))
+            print(f"\nepoch {self.current_epoch} ({speed:.1f} images/s):\n" + format_table({"val": self.metrics}))
+
+    # -- optimiser and checkpoints ----------------------------------------------------------------------
 
     def configure_optimizers(self):
         ocfg = self.cfg.get("optim") or {}
@@ -137,9 +240,10 @@ class ViTDetFinetuning(L.LightningModule):
         per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // epochs)
         milestones = [int(m) * per_epoch for m in ocfg.get("milestones", [8, 11])]
         warmup = int(ocfg.get("warmup_iters", 500))
+        gamma = float(ocfg.get("gamma", 0.1))
 
         def schedule(step: int) -> float:
-            return step_schedule(step, warmup, milestones, float(ocfg.get("gamma", 0.1)))
+            return step_schedule(step, warmup, milestones, gamma)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -151,11 +255,17 @@ class ViTDetFinetuning(L.LightningModule):
         restore_rng_state(checkpoint.get("rng_state"))
 
 
+# -- data ---------------------------------------------------------------------------------------------
+
+
 def detection_datasets(cfg: dict) -> tuple[CocoDetection, CocoDetection]:
-    """(train, val) datasets of ``data.root``; training images without boxes follow ``data.keep_empty``."""
+    """(train, val) datasets of ``data.root``; training images without boxes follow ``data.keep_empty``.
+
+    Training images are resized to ``model.img_size`` here (so flips and boxes stay consistent) and the
+    detector's own resize is then a no-op; validation images keep their size, the detector resizes them and
+    maps its boxes back to the file's pixels, which is what the COCO ground truth is in.
+    """
     data = cfg.get("data") or {}
-    if not data.get("root"):
-        raise ConfigError("no dataset: pass data.root=PATH (a COCO / SARDet-100K root with Annotations/)")
     scaling = IntensityScaling.from_config(data.get("scaling"))
     size = int(get_dotted(cfg, "model.img_size", 800))
     train = CocoDetection(
@@ -166,50 +276,92 @@ def detection_datasets(cfg: dict) -> tuple[CocoDetection, CocoDetection]:
         data["root"], data.get("val_split", "val"), transforms=detection_transforms(False, size),
         scaling=scaling, keep_empty=True,
     )
-    if train.class_names != val.class_names:
-        raise ConfigError(f"{train.ann_file} and {val.ann_file} have different categories")
+    if class_info(train) != class_info(val):
+        raise DataError(
+            f"{train.ann_file} and {val.ann_file} have different categories "
+            f"({list(train.class_names)} vs {list(val.class_names)}); use one category list for all splits"
+        )
+    if len(train) == 0:
+        raise DataError(f"{train.ann_file}: no training image with a box (pass data.keep_empty=true to use empty ones)")
+    if len(val) == 0:
+        raise DataError(f"{val.ann_file}: no validation images; validation needs at least one")
     return train, val
 
 
 def class_info(dataset: CocoDetection) -> dict:
-    return {"names": list(dataset.class_names), "label_to_cat_id": dict(dataset.label_to_cat_id)}
+    """What a checkpoint must remember about the classes: names and label -> file category id."""
+    return {"names": list(dataset.class_names), "label_to_cat_id": {int(k): int(v) for k, v in
+                                                                     dataset.label_to_cat_id.items()}}
 
 
 def detection_loader(dataset, cfg: dict, train: bool, batch_size: int | None = None) -> DataLoader:
+    """Loader that drops unreadable images (``data.strict=true`` raises instead) and keeps per-image sizes."""
     data = cfg.get("data") or {}
+    workers = int(data.get("workers", 4))
     return DataLoader(
         SkipBadSamples(dataset, strict=bool(data.get("strict", False))),
         batch_size=batch_size or int(cfg["batch_size"]),
         shuffle=train,
-        num_workers=int(data.get("workers", 4)),
+        num_workers=workers,
         collate_fn=collate_detection,
         pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
     )
 
 
+# -- the command ----------------------------------------------------------------------------------------
+
+
+def check_resume(path: Path, module: ViTDetFinetuning) -> int:
+    """Refuse a damaged checkpoint, another architecture or other classes with one line; return finished epochs."""
+    ckpt = read_checkpoint_header(path)
+    theirs, ours = ckpt["state_dict"], module.state_dict()
+    for key, value in ours.items():
+        if key not in theirs or tuple(theirs[key].shape) != tuple(value.shape):
+            found = "missing" if key not in theirs else f"{tuple(theirs[key].shape)}"
+            raise CheckpointError(
+                f"checkpoint {path}: {key} is {found} there, {tuple(value.shape)} with this config; resume with the "
+                "model settings of that run (its config.yaml) or start a new run (another out=)"
+            )
+    classes = (ckpt.get("hyper_parameters") or {}).get("classes") or {}
+    if list(classes.get("names", [])) != list(module.classes["names"]):
+        raise CheckpointError(
+            f"checkpoint {path}: trained for classes {classes.get('names')}, the dataset has "
+            f"{module.classes['names']}; resume on the same dataset or start a new run (another out=)"
+        )
+    progress = (ckpt.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("processed", ckpt.get("epoch", 0)))
+
+
 def run_finetune(cfg: dict) -> Path:
-    """``sarmae finetune``: train with validation every epoch; returns the run folder."""
-    for key in ("epochs", "batch_size"):
-        if key not in cfg:
-            raise ConfigError(f"config has no '{key}': add it to the YAML or pass {key}=N")
+    """``sarmae finetune``: train with validation every ``eval.every`` epochs; returns the run folder."""
+    check_finetune_config(cfg)
     L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
     run_dir = prepare_run_dir(cfg, "finetune")
     resume = resolve_resume(cfg, run_dir)
     train, val = detection_datasets(cfg)
     module = ViTDetFinetuning(cfg, class_info(train), coco_gt=val.coco_gt)
-    if resume is None:
+    if resume is not None:
+        finished = check_resume(resume, module)
+        note = f"resuming {resume} after {finished} of {cfg['epochs']} epochs"
+        if finished >= int(cfg["epochs"]):
+            note += f" (nothing left to train: pass epochs=N with N > {finished} to continue)"
+    else:
         module.initialise_backbone()
+        note = "fresh start" + (" (resume=auto: no weights/last.ckpt yet)" if cfg.get("resume") else "")
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "weights", filename="best", monitor="val/mAP", mode="max",
-        save_top_k=1, save_last=True, auto_insert_metric_name=False,
+        save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
     )
     trainer = build_trainer(cfg, run_dir, [CsvMetrics(run_dir / "metrics.csv", METRIC_COLUMNS)],
                             checkpoint=checkpoint, val_every=int(get_dotted(cfg, "eval.every", 1)))
     if trainer.is_global_zero:
-        print(f"fine-tuning on {len(train)} images, validating on {len(val)} -> {run_dir}"
-              + (f" (resuming {resume})" if resume else ""))
-    trainer.fit(module, detection_loader(train, cfg, True), detection_loader(val, cfg, False),
-                ckpt_path=resume, weights_only=True)
+        print(f"fine-tuning on {len(train)} images, validating on {len(val)} -> {run_dir}: {note}")
+    try:
+        trainer.fit(module, detection_loader(train, cfg, True), detection_loader(val, cfg, False),
+                    ckpt_path=resume, weights_only=True)
+    except SarmaeError as exc:
+        raise one_line_error(exc) from None
     if trainer.is_global_zero and module.metrics:
-        print(format_table({str(cfg.get("init", "scratch")): module.metrics}))
+        print(format_table({str(cfg.get("init") or "scratch"): module.metrics}))
     return run_dir

@@ -79,11 +79,14 @@ class MAEPretraining(L.LightningModule):
     def configure_model(self) -> None:
         if get_dotted(self.cfg, "trainer.compile", False) and self._compiled is None:
             # Not registered as a submodule: the state dict keeps the plain MAE key names.
-            object.__setattr__(self, "_compiled", torch.compile(self.model))
+            # Static shapes: MaskedAutoencoder.random_masking draws torch.rand(generator=...), which dynamic-shape
+            # tracing rejects; a short last batch or skipped images then cost one recompile each.
+            object.__setattr__(self, "_compiled", torch.compile(self.model, dynamic=False))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """images (N, 3, H, W) normalised -> (loss, pred (N, L, p*p*3), mask (N, L))."""
-        return (self._compiled or self.model)(images)
+        model = self._compiled if self._compiled is not None else self.model
+        return model(images)
 
     def training_step(self, batch: tuple[torch.Tensor, int], batch_idx: int) -> torch.Tensor | None:
         images, n_skipped = batch
@@ -310,8 +313,12 @@ def run_pretrain(cfg: dict) -> Path:
             note = f"resuming {resume} after {finished} of {cfg['epochs']} epochs"
             if finished >= int(cfg["epochs"]):
                 note += f" (nothing left to train: pass epochs=N with N > {finished} to continue)"
+        elif cfg.get("resume"):
+            note = "fresh start (resume=auto: no weights/last.ckpt yet)"
+        elif (run_dir / "weights" / "last.ckpt").is_file():
+            note = "fresh start, replacing the run already in this folder (resume=auto would continue it)"
         else:
-            note = "fresh start" + (" (resume=auto: no weights/last.ckpt yet)" if cfg.get("resume") else "")
+            note = "fresh start"
         print(f"pre-training on {len(dataset)} images -> {run_dir}: {note}")
     try:
         trainer.fit(module, train_dataloaders=loader, ckpt_path=resume, weights_only=True)

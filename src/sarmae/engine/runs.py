@@ -280,6 +280,13 @@ class RunProgressBar(TQDMProgressBar):
         seconds = (time.monotonic() - self._start[0]) / done * max(0, int(total) - trainer.global_step)
         return format_duration(seconds)
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Close the bars so a failed run does not print a stale bar again when the interpreter exits.
+        for name in ("_train_progress_bar", "_val_progress_bar", "_test_progress_bar", "_predict_progress_bar"):
+            bar = getattr(self, name, None)
+            if bar is not None:
+                bar.close()
+
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
