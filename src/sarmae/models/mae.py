@@ -127,7 +127,8 @@ class MaskedAutoencoder(nn.Module):
         """
         n, length, dim = x.shape
         len_keep = int(length * (1 - mask_ratio))
-        noise = torch.rand(n, length, device=x.device, generator=generator)
+        noise_device = generator.device if generator is not None else x.device  # a CPU generator works on GPU
+        noise = torch.rand(n, length, device=noise_device, generator=generator).to(x.device)
         ids_shuffle = torch.argsort(noise, dim=1)
         ids_keep = ids_shuffle[:, :len_keep].sort(dim=1).values
         ids_shuffle = torch.cat([ids_keep, ids_shuffle[:, len_keep:]], dim=1)
