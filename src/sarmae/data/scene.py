@@ -66,7 +66,8 @@ class _RasterioSource:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.src = rasterio.open(path)
         except Exception as exc:  # noqa: BLE001 - GDAL reports corrupt files in many ways
-            raise DataError(f"{path}: cannot open raster ({type(exc).__name__}: {exc}); re-export or remove it") from None
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            raise DataError(f"{path}: cannot open raster ({reason}); re-export or remove it") from None
         src = self.src
         self.width, self.height = src.width, src.height
         self.bands = _band_indexes(src.count, path)
@@ -84,7 +85,13 @@ class _RasterioSource:
         """(h, w, C) raw values of the window at column ``x``, row ``y``."""
         from rasterio.windows import Window
 
-        return np.moveaxis(self.src.read(self.bands, window=Window(x, y, w, h)), 0, -1)
+        try:
+            data = self.src.read(self.bands, window=Window(x, y, w, h))
+        except Exception as exc:  # noqa: BLE001 - a damaged block deep inside a big file
+            raise DataError(f"{self.src.name}: cannot read the window x={x} y={y} w={w} h={h} "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                            "the file is damaged, re-export it") from None
+        return np.moveaxis(data, 0, -1)
 
     def decimated(self, out_h: int, out_w: int, average: bool) -> np.ndarray:
         """(out_h, out_w, C) whole scene resampled by GDAL (nodata-aware averaging, or nearest)."""

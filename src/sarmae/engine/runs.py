@@ -230,7 +230,7 @@ class CsvMetrics(Callback):
                     kept = [row for row in reader if _as_int(row.get("step")) <= trainer.global_step]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
             writer.writerows(kept)
 
@@ -238,7 +238,7 @@ class CsvMetrics(Callback):
         rows = getattr(pl_module, "csv_rows", [])
         if trainer.global_rank == 0 and rows:
             with self.path.open("a", newline="") as f:
-                csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerows(rows)
+                csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n").writerows(rows)
         rows.clear()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
