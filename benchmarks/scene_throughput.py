@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import rasterio
 import torch
-from rasterio.transform import from_origin
+from affine import Affine
 from rasterio.windows import Window
 
 from sarmae.config import load_config
@@ -34,7 +34,7 @@ def write_scene(path: Path, size: int, chip: int = 512, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     profile = {"driver": "GTiff", "width": size, "height": size, "count": 1, "dtype": "uint8", "tiled": True,
                "blockxsize": 256, "blockysize": 256, "compress": "deflate", "crs": "EPSG:32633",
-               "transform": from_origin(500000.0, 5000000.0, 1.0, 1.0)}
+               "transform": Affine(1.0, 0.0, 500000.0, 0.0, -1.0, 5000000.0)}
     with rasterio.open(path, "w", **profile) as dst:
         for y in range(0, size, chip):
             for x in range(0, size, chip):

@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
+from affine import Affine
 from rasterio.windows import Window
 
 from sarmae.data import scene as scene_mod
@@ -82,7 +82,7 @@ def test_a_20000_px_float_scene_is_read_window_by_window(tmp_path):
     path = tmp_path / "big.tif"
     profile = {"driver": "GTiff", "width": 20000, "height": 20000, "count": 1, "dtype": "float32", "tiled": True,
                "blockxsize": 512, "blockysize": 512, "nodata": -9999.0, "SPARSE_OK": True,
-               "crs": "EPSG:32633", "transform": from_origin(400000, 5000000, 10, 10)}
+               "crs": "EPSG:32633", "transform": Affine(10.0, 0.0, 400000.0, 0.0, -10.0, 5000000.0)}
     block = np.random.default_rng(2).gamma(1.0, 1.0, (1, 1024, 1024)).astype(np.float32)
     with rasterio.open(path, "w", **profile) as dst:  # unwritten blocks read back as nodata
         dst.write(block, window=Window(9000, 9000, 1024, 1024))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from rasterio.transform import from_origin
+from affine import Affine
 
 from sarmae.data.scene import open_scene
 from sarmae.data.synth import generate_image
@@ -27,6 +27,7 @@ from sarmae.engine.sliced import (
 from sarmae.errors import ConfigError
 
 TILE, OVERLAP = 160, 0.2
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
 
 def write_geotiff(path, array, crs=None, transform=None, nodata=None):
@@ -259,7 +260,7 @@ def test_predict_scene_with_the_tiny_detector_writes_all_outputs(tmp_path, tiny_
     pixels = (rng.gamma(1.0, 300.0, (300, 260)) + 50).astype(np.uint16)
     pixels[:, :70] = 0  # nodata strip: no tile boundary needed there to be skipped
     path = write_geotiff(tmp_path / "scene.tif", pixels, crs="EPSG:32633",
-                         transform=from_origin(500000.0, 5000000.0, 10.0, 10.0), nodata=0)
+                         transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0), nodata=0)
     assert is_large(path, 128)
     out = tmp_path / "out"
     summary = predict_scene(tiny_module, path, out, overlap=0.2, batch_size=4, score_threshold=0.0, device="cpu",

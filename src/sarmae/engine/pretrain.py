@@ -30,6 +30,7 @@ from sarmae.engine.runs import (
     report,
     resolve_resume,
     restore_rng_state,
+    stop_dataloader_workers,
 )
 from sarmae.errors import CheckpointError, ConfigError, SarmaeError
 from sarmae.models.checkpoints import save_encoder_safetensors
@@ -320,8 +321,12 @@ def run_pretrain(cfg: dict) -> Path:
         else:
             note = "fresh start"
         print(f"pre-training on {len(dataset)} images -> {run_dir}: {note}")
+    error = None
     try:
         trainer.fit(module, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
     except SarmaeError as exc:
-        raise one_line_error(exc) from None
+        stop_dataloader_workers(exc)
+        error = one_line_error(exc)
+    if error is not None:
+        raise error
     return run_dir

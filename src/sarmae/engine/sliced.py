@@ -22,8 +22,8 @@ Seams. A tile edge that is not a scene border cuts objects, and the detector ret
    the default metric is ``iou``: ``ios`` would also swallow a small object inside a larger box of its class.
 
 ``full_image_pass`` adds one pass over the whole scene shrunk to one tile, for objects larger than the
-overlap; its boxes are whole views, so step 1 prefers them to fragments. Boxes whose area is less than
-``min_valid`` valid pixels (nodata, NaN) are dropped; tiles without a valid pixel are not run at all.
+overlap; its boxes are whole views, so step 1 prefers them to fragments. Boxes with less than ``min_valid``
+of their area on valid pixels (not nodata / NaN) are dropped; tiles without a valid pixel are not run at all.
 """
 
 from __future__ import annotations
@@ -516,7 +516,8 @@ def predict_scene(
         per_class = {name: int((dets.labels == k + 1).sum()) for k, name in enumerate(names)}
         summary = {
             "scene": str(scene.path), "width": scene.width, "height": scene.height, "tile_size": tile_size,
-            "overlap": overlap, "merge": merge, "device": str(dev), **stats, "per_class": per_class,
+            "overlap": overlap, "merge": merge, "full_image_pass": full_image_pass,
+            "device": str(dev), **stats, "per_class": per_class,
             "scaling": scene.stats, "georeferenced": scene.georef.ok, "georef": scene.georef.kind,
             "crs": str(scene.georef.crs) if scene.georef.ok else None,
             "outputs": {k: str(v) for k, v in outputs.items()},
