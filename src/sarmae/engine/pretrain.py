@@ -106,15 +106,21 @@ class MAEPretraining(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.global_step == self._stepped_at or not self._window:
-            return  # still accumulating gradients (or a skipped batch): no optimiser step yet
+        if self.global_step == self._stepped_at:
+            return  # still accumulating gradients: no optimiser step yet
         self._stepped_at = self.global_step
         lr = self._lr
         self.log("lr", lr, prog_bar=True)
         window, self._window = self._window, []
         if self.global_step % self.trainer.log_every_n_steps and not self.trainer.is_last_batch:
             return
-        loss = float(self.trainer.strategy.reduce(torch.stack(window).mean(), reduce_op="mean"))
+        # Sum and count over the ranks (every rank gets here at the same steps, even one whose batch was all bad).
+        totals = torch.stack([torch.stack(window).sum(), torch.tensor(float(len(window)), device=self.device)]) \
+            if window else torch.zeros(2, device=self.device)
+        loss_sum, count = (float(v) for v in self.trainer.strategy.reduce(totals, reduce_op="sum"))
+        if count == 0:
+            return  # every image of this step was unreadable: nothing to report
+        loss = loss_sum / count
         now = time.perf_counter()
         speed = self._seen * self.trainer.world_size / max(now - self._tic, 1e-9)
         self._seen, self._tic = 0, now

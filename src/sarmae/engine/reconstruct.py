@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from sarmae.data.io import IntensityScaling, read_image  # noqa: E402
 from sarmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from sarmae.data.unlabeled import find_images  # noqa: E402
+from sarmae.data.unlabeled import UnlabeledImages, find_images  # noqa: E402
 from sarmae.errors import CheckpointError, ConfigError, DataError  # noqa: E402
 from sarmae.models.checkpoints import read_state_dict  # noqa: E402
 from sarmae.models.mae import MaskedAutoencoder, build_mae  # noqa: E402
@@ -34,8 +34,6 @@ def list_images(inputs: list[str | Path], limit: int | None = None) -> list[Path
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.suffix == ".json" and item.is_file():
-            from sarmae.data.unlabeled import UnlabeledImages
-
             found += [Path(p) for p in UnlabeledImages([item]).paths]
         elif item.is_dir():
             found += [Path(p) for p in find_images(item)]
