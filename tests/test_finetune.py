@@ -1,0 +1,210 @@
+"""ViTDet fine-tuning engine: backbone initialisation, config checks, learning, run folder, exact resume.
+
+A ~0.3 M-parameter ViTDet (64-d, 2 blocks) learns the synthetic SAR benchmark at 256 px for about a minute
+(``trained_run``, shared with test_evaluate.py and test_predict.py); everything else uses runs of a few steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from sarmae.cli import main
+from sarmae.config import load_config
+from sarmae.data.synth import write_dataset
+from sarmae.engine.finetune import (
+    METRIC_COLUMNS,
+    ViTDetFinetuning,
+    check_finetune_config,
+    run_finetune,
+    step_schedule,
+)
+from sarmae.errors import CheckpointError, ConfigError
+from sarmae.models.checkpoints import save_encoder_safetensors
+from sarmae.models.mae import MaskedAutoencoder
+
+# The tiny detector of every test: 64-d, 2 blocks, pre-training grid 4x4 (64 px), a light pyramid and heads.
+TINY_MODEL = [
+    "model.embed_dim=64", "model.depth=2", "model.num_heads=2", "model.pretrain_img_size=64",
+    "model.window_size=4", "model.global_blocks=[1]", "model.fpn_channels=32", "model.drop_path=0.0",
+]
+CLASSES = {"names": ["ship", "tank"], "label_to_cat_id": {1: 0, 2: 3}}
+# Synthetic category ids 0..5 renamed to non-contiguous ids: every output must use these, not labels 1..6.
+CAT_IDS = [3, 7, 11, 12, 20, 31]
+TRAIN_SECONDS_TARGET = 60
+
+
+def tiny_cfg(*overrides: str, config: str = "vitdet_tiny") -> dict:
+    return load_config(config, [*TINY_MODEL, "model.img_size=128", "data.root=unused", *overrides])
+
+
+def tiny_mae(img_size: int = 64, embed_dim: int = 64, seed: int = 0) -> MaskedAutoencoder:
+    torch.manual_seed(seed)
+    return MaskedAutoencoder(img_size=img_size, embed_dim=embed_dim, depth=2, num_heads=2, decoder_embed_dim=32,
+                             decoder_depth=1, decoder_num_heads=2)
+
+
+def renumber_categories(root: Path, cat_ids: list[int]) -> None:
+    """Give the synthetic dataset's categories 0..5 the ids ``cat_ids`` in every split."""
+    for ann_file in (root / "Annotations").glob("*.json"):
+        data = json.loads(ann_file.read_text())
+        for cat in data["categories"]:
+            cat["id"] = cat_ids[cat["id"]]
+        for ann in data["annotations"]:
+            ann["category_id"] = cat_ids[ann["category_id"]]
+        ann_file.write_text(json.dumps(data))
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- the shared trained run ------------------------------------------------------------------------------------
+
+
+def trained_run(tmp_path_factory) -> Path:
+    """Fine-tune the tiny ViTDet on the synthetic benchmark (256 px, ids renumbered to CAT_IDS) once per session.
+
+    Returns the run folder; its dataset is ``run/../synth``. Later callers (other test modules) reuse the folder.
+    """
+    base = tmp_path_factory.getbasetemp() / "vitdet_trained"
+    run, root = base / "run", base / "synth"
+    if (run / "weights" / "last.ckpt").is_file() and (run / "done").is_file():
+        return run
+    write_dataset(root, train=400, val=40, test=0, unlabeled=0, size=256, seed=0)
+    renumber_categories(root, CAT_IDS)
+    run_finetune(load_config("vitdet_tiny", [
+        *TINY_MODEL, f"data.root={root}", f"out={run}", "data.workers=0", "trainer.progress_every=20",
+    ]))
+    (run / "done").write_text("")
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    return trained_run(tmp_path_factory)
+
+
+# -- config and initialisation -----------------------------------------------------------------------------------
+
+
+def test_fine_tuning_configs_accept_the_common_keys():
+    for name in ("vitdet_tiny", "vitdet_b_sardet100k"):
+        cfg = load_config(name, ["data.root=/data", "init=scratch", "weights=null", "epochs=3", "batch_size=2",
+                                 "out=/tmp/x"])
+        assert (cfg["data"]["root"], cfg["epochs"], cfg["batch_size"], cfg["out"]) == ("/data", 3, 2, "/tmp/x")
+        assert {"init", "weights", "resume"} <= set(cfg)
+        check_finetune_config(cfg)
+
+
+def test_paper_config_builds_vit_base_at_800(tmp_path):
+    cfg = load_config("vitdet_b_sardet100k", ["data.root=/data"])
+    assert cfg["init"] == "scratch" and cfg["epochs"] == 12 and cfg["optim"]["lr"] == pytest.approx(1e-4)
+    module = ViTDetFinetuning(cfg, {"names": list("abcdef"), "label_to_cat_id": {i + 1: i for i in range(6)}})
+    module.initialise_backbone()  # scratch: nothing to load
+    vit = module.model.backbone.vit
+    assert (vit.embed_dim, vit.depth, vit.global_blocks) == (768, 12, (2, 5, 8, 11))
+    assert module.model.transform.min_size == (800,) and module.model.transform.max_size == 800
+    assert module.model.roi_heads.box_predictor.cls_score.out_features == 7
+    assert module.model.roi_heads.detections_per_img == 100
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["init=scratch", "weights=enc.safetensors"], "init=scratch does not take weights"),
+    (["init=sar"], "init=sar needs weights=PATH"),
+    (["init=imagenet", "weights=/no/such.pth"], "no such file"),
+    (["init=moco", "weights=x.pth"], "init=moco: use one of"),
+    (["epochs=0"], "epochs=0"),
+    (["eval.max_dets=0"], "eval.max_dets=0"),
+])
+def test_bad_init_or_settings_exit_2_with_one_line(overrides, message, capsys):
+    assert main(["finetune", "vitdet_tiny", "data.root=/no/data", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_init_sar_loads_every_encoder_tensor(tmp_path):
+    mae = tiny_mae()
+    path = save_encoder_safetensors(mae, tmp_path / "encoder.safetensors")
+    module = ViTDetFinetuning(tiny_cfg("init=sar", f"weights={path}"), CLASSES)
+    vit = module.model.backbone.vit
+    module.initialise_backbone()
+    ours, theirs = vit.state_dict(), mae.encoder_state_dict()
+    shared = [k for k in ours if k in theirs]
+    assert set(ours) - set(shared) == {k for k in ours if "rel_pos" in k}  # only ViTDet's new tables are new
+    assert set(theirs) - set(shared) == {"cls_token", "norm.weight", "norm.bias"}  # unused by ViTDet
+    for key in shared:
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_init_sar_from_the_pretraining_checkpoint(tmp_path):
+    """weights/last.ckpt of ``sarmae pretrain``: Lightning layout, 'model.' prefix, decoder included."""
+    mae = tiny_mae(seed=3)
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in mae.state_dict().items()}, "epoch": 1}, path)
+    module = ViTDetFinetuning(tiny_cfg("init=sar", f"weights={path}"), CLASSES)
+    module.initialise_backbone()
+    ours = module.model.backbone.vit.state_dict()
+    for key, value in mae.encoder_state_dict().items():
+        if key in ours:
+            assert torch.equal(ours[key], value), key
+
+
+def test_init_imagenet_interpolates_the_official_position_grid(tmp_path):
+    mae = tiny_mae(img_size=224, seed=1)  # official layout: {'model': encoder}, pos_embed 1 + 14x14
+    sd = mae.encoder_state_dict()
+    with torch.no_grad():
+        sd["pos_embed"] = torch.randn_like(sd["pos_embed"])  # any learnt table, not only sin-cos
+    path = tmp_path / "mae_pretrain_vit_tiny.pth"
+    torch.save({"model": sd}, path)
+    module = ViTDetFinetuning(tiny_cfg("init=imagenet", f"weights={path}"), CLASSES)
+    module.initialise_backbone()
+    vit = module.model.backbone.vit
+    grid = sd["pos_embed"][:, 1:].reshape(1, 14, 14, 64).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    assert vit.pos_embed.shape == (1, 1 + 16, 64)
+    torch.testing.assert_close(vit.pos_embed[:, 1:], expected.reshape(1, 16, 64))
+    assert torch.equal(vit.blocks[1].mlp.fc2.weight, sd["blocks.1.mlp.fc2.weight"])
+
+
+def test_init_with_another_vit_size_is_a_checkpoint_error(tmp_path):
+    path = save_encoder_safetensors(tiny_mae(embed_dim=32), tmp_path / "encoder.safetensors")
+    module = ViTDetFinetuning(tiny_cfg("init=sar", f"weights={path}"), CLASSES)
+    with pytest.raises(CheckpointError, match="embed dim 32"):
+        module.initialise_backbone()
+
+
+def test_boxes_stay_float32_under_bf16_autocast():
+    """bf16 has 4-px steps at 800 px: anchors, proposals and detections must not be bf16."""
+    module = ViTDetFinetuning(tiny_cfg(), CLASSES).eval()
+    dtypes = []
+    module.model.backbone.vit.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module.model([torch.rand(3, 100, 140)])
+        features = module.model.backbone(torch.rand(1, 3, 128, 128))
+    assert dtypes[0] == torch.bfloat16  # autocast was on
+    assert out[0]["boxes"].dtype == torch.float32 and out[0]["scores"].dtype == torch.float32
+    assert all(f.dtype == torch.float32 for f in features.values())
+
+
+def test_max_dets_raises_detections_per_image():
+    module = ViTDetFinetuning(tiny_cfg("eval.max_dets=300"), CLASSES)
+    assert module.model.roi_heads.detections_per_img == 300
+    module.set_max_dets(50)
+    assert module.model.roi_heads.detections_per_img == 100  # the configured value is the floor
+
+
+def test_step_schedule_warmup_and_milestones():
+    assert step_schedule(0, 10, [20, 30]) == pytest.approx(0.001)
+    assert step_schedule(5, 10, [20, 30]) == pytest.approx(0.001 + 0.999 * 0.5)
+    assert step_schedule(10, 10, [20, 30]) == 1.0
+    assert step_schedule(25, 10, [20, 30]) == pytest.approx(0.1)
+    assert step_schedule(30, 10, [20, 30]) == pytest.approx(0.01)
