@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,9 @@ from sarmae.models.checkpoints import save_encoder_safetensors
 from sarmae.models.mae import MaskedAutoencoder
 
 # The tiny detector of every test: 64-d, 2 blocks, pre-training grid 4x4 (64 px), a light pyramid and heads.
+# The shared trained run: big enough to learn (the `training`-marked test) only with SARMAE_TRAINING_TESTS=1,
+# otherwise a short run whose checkpoint feeds the evaluate / predict plumbing tests.
+TRAIN_IMAGES, TRAIN_EPOCHS = (400, 4) if os.environ.get("SARMAE_TRAINING_TESTS") else (60, 1)
 TINY_MODEL = [
     "model.embed_dim=64", "model.depth=2", "model.num_heads=2", "model.pretrain_img_size=64",
     "model.window_size=4", "model.global_blocks=[1]", "model.fpn_channels=32", "model.drop_path=0.0",
@@ -79,10 +84,11 @@ def trained_run(tmp_path_factory) -> Path:
     run, root = base / "run", base / "synth"
     if (run / "weights" / "last.ckpt").is_file() and (run / "done").is_file():
         return run
-    write_dataset(root, train=400, val=40, test=0, unlabeled=0, size=256, seed=0)
+    write_dataset(root, train=TRAIN_IMAGES, val=40, test=0, unlabeled=0, size=256, seed=0)
     renumber_categories(root, CAT_IDS)
     run_finetune(load_config("vitdet_tiny", [
-        *TINY_MODEL, f"data.root={root}", f"out={run}", "epochs=4", "data.workers=0", "trainer.progress_every=25",
+        *TINY_MODEL, f"data.root={root}", f"out={run}", f"epochs={TRAIN_EPOCHS}", "data.workers=0",
+        "trainer.progress_every=25",
     ]))
     (run / "done").write_text("")
     return run
@@ -227,11 +233,23 @@ def small_dataset(make_coco, root: Path) -> Path:
     return root
 
 
+@contextmanager
+def one_thread():
+    """Few-step runs of a tiny model: starting threads costs more than the maths (and thrashes on a busy CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def small_run(root: Path, out: Path, *overrides: str) -> Path:
-    return run_finetune(load_config("vitdet_tiny", [
-        *TINY_MODEL, "model.img_size=64", f"data.root={root}", f"out={out}", "data.workers=0", "batch_size=4",
-        "data.keep_empty=true", "optim.warmup_iters=2", "optim.milestones=[2]", "trainer.log_every=1", *overrides,
-    ]))
+    with one_thread():
+        return run_finetune(load_config("vitdet_tiny", [
+            *TINY_MODEL, "model.img_size=64", f"data.root={root}", f"out={out}", "data.workers=0", "batch_size=4",
+            "data.keep_empty=true", "optim.warmup_iters=2", "optim.milestones=[2]", "trainer.log_every=1", *overrides,
+        ]))
 
 
 def test_empty_images_and_boxes_outside_the_image_train(make_coco, tmp_path, capsys):
@@ -287,6 +305,7 @@ def test_resume_with_other_classes_is_refused(make_coco, tmp_path, capsys):
 # -- the trained run ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.training
 def test_tiny_vitdet_learns_the_synthetic_benchmark(trained):
     rows = read_csv(trained / "metrics.csv")
     ap50 = [float(r["val_AP50"]) for r in rows]

@@ -22,6 +22,7 @@ def trained(tmp_path_factory) -> Path:
     return trained_run(tmp_path_factory)
 
 
+@pytest.mark.training
 def test_predict_folder_glob_and_files_skipping_a_corrupt_image(trained, tmp_path, capsys):
     val = sorted((trained.parent / "synth" / "JPEGImages" / "val").glob("*.png"))
     folder = tmp_path / "folder"
