@@ -43,7 +43,7 @@ TINY_MODEL = [
 CLASSES = {"names": ["ship", "tank"], "label_to_cat_id": {1: 0, 2: 3}}
 # Synthetic category ids 0..5 renamed to non-contiguous ids: every output must use these, not labels 1..6.
 CAT_IDS = [3, 7, 11, 12, 20, 31]
-MIN_AP50 = 0.008  # observed 0.0166 after 368 steps (~60 s at 25 images/s on 2 CPU cores); about half of it
+MIN_AP50 = 0.008  # observed 0.017-0.018 after 368 steps (~60 s at 23-25 images/s on 2 idle cores); about half
 
 
 def tiny_cfg(*overrides: str, config: str = "vitdet_tiny") -> dict:

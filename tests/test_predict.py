@@ -33,7 +33,9 @@ def test_predict_folder_glob_and_files_skipping_a_corrupt_image(trained, tmp_pat
     (folder / "notes.txt").write_text("not an image: ignored in folders")
     with Image.open(val[2]) as im:  # another size: boxes must come back in this file's pixels
         im.crop((0, 0, 200, 150)).save(tmp_path / "crop.png")
-    pattern = str(val[3].parent / f"{val[3].name[:-5]}[3-4].png")  # matches val[3] and val[4]
+    stem3, stem4 = val[3].stem, val[4].stem  # 1000004, 1000005
+    assert stem3[:-1] == stem4[:-1]
+    pattern = str(val[3].parent / f"{stem3[:-1]}[{stem3[-1]}{stem4[-1]}].png")  # matches val[3] and val[4] only
     assert sorted(expand_inputs([pattern])) == [val[3], val[4]]
     out = tmp_path / "out"
     code = main(["predict", str(trained / "weights" / "best.ckpt"), str(folder), pattern,
