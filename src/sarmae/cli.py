@@ -73,6 +73,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_scaling(text: str | None) -> dict | str | None:
+    """``--scaling``: a mode name or a YAML mapping; validated by :class:`sarmae.data.io.IntensityScaling`."""
+    if text is None:
+        return None
+    import yaml
+
+    from sarmae.data.io import IntensityScaling
+    from sarmae.errors import ConfigError
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"--scaling {text!r}: not a mode name or a YAML mapping like '{{mode: db}}'") from None
+    if not isinstance(value, (str, dict)):
+        raise ConfigError(f"--scaling {text!r}: use a mode (percentile, linear, db) or a mapping like '{{mode: db}}'")
+    return IntensityScaling.from_config(value)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from sarmae.engine.predict import predict
 
@@ -82,6 +100,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         out=Path(args.out),
         score_threshold=args.score_threshold,
         device=args.device,
+        batch_size=args.batch_size,
+        sliced=args.sliced,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        merge=args.merge,
+        merge_iou=args.merge_iou,
+        full_image_pass=args.full_image_pass,
+        scaling=parse_scaling(args.scaling),
     )
     return 0
 
@@ -163,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder (predictions.json + rendered images)")
     pr.add_argument("--score-threshold", type=float, default=0.3, help="minimum score drawn and saved")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    pr.add_argument("--batch-size", type=int, default=4, help="images (or scene tiles) per forward pass")
+    pr.add_argument("--scaling", default=None,
+                    help="intensity scaling for 16-bit/float data: a mode (percentile, linear, db) or a YAML "
+                         "mapping such as '{mode: db, vmin: -25, vmax: 0, nodata: 0}' (default: the checkpoint's)")
+    sl = pr.add_argument_group("large scenes (sliced inference)")
+    sl.add_argument("--sliced", choices=["auto", "always", "never"], default="auto",
+                    help="auto: tiles for inputs over 1.5 tile sizes or georeferenced rasters")
+    sl.add_argument("--tile-size", type=int, default=None, help="tile side in px (default: the model's img_size)")
+    sl.add_argument("--overlap", type=float, default=0.2, help="tile overlap as a fraction of the tile")
+    sl.add_argument("--merge", choices=["nms", "greedy"], default="nms", help="how boxes from overlapping tiles merge")
+    sl.add_argument("--merge-iou", type=float, default=0.5, help="IoU threshold of the merge")
+    sl.add_argument("--full-image-pass", action="store_true",
+                    help="also run the whole scene shrunk to one tile, for objects larger than the overlap")
     pr.set_defaults(func=_cmd_predict)
 
     rc = sub.add_parser("reconstruct", help="MAE reconstruction figure (original | masked | reconstruction)")

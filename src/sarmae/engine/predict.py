@@ -3,6 +3,11 @@
 Outputs in ``--out``: ``predictions.json`` (COCO results plus ``file_name`` and ``category_name``, boxes in
 the original image's pixels, category ids of the training dataset, ``image_id`` = 1-based position in the
 input list) and one rendered PNG per image. An unreadable image is skipped with a message; the run goes on.
+
+Large inputs (a side over 1.5 training sizes, or any georeferenced raster) go through sliced inference
+(:mod:`sarmae.engine.sliced`) instead of being shrunk to the training size: their detections join
+``predictions.json`` and each also gets ``STEM.detections.{json,csv,geojson}``, ``STEM.preview.png`` and
+``STEM.summary.json``. ``sliced="always"`` / ``"never"`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from tqdm import tqdm
 
 from sarmae.data.io import IMAGE_EXTENSIONS, IntensityScaling, read_image
 from sarmae.engine.detector_io import load_detector, pick_device
+from sarmae.engine.sliced import check_options, is_large, predict_scene
 from sarmae.errors import ConfigError, DataError
+
+SLICED = ("auto", "always", "never")
 
 # Tab10-like colours, one per class label (1-based; cycles for more classes).
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -84,25 +92,57 @@ def predict(
     score_threshold: float = 0.3,
     device: str = "auto",
     batch_size: int = 4,
+    sliced: str = "auto",
+    tile_size: int | None = None,
+    overlap: float = 0.2,
+    merge: str = "nms",
+    merge_iou: float = 0.5,
+    full_image_pass: bool = False,
+    scaling: IntensityScaling | dict | str | None = None,
 ) -> list[dict]:
-    """Detect objects in every input image; returns the predictions written to ``predictions.json``."""
-    if not 0.0 <= score_threshold <= 1.0:
-        raise ConfigError(f"--score-threshold {score_threshold}: must be in [0, 1]")
+    """Detect objects in every input; returns the predictions written to ``predictions.json``.
+
+    ``scaling`` (default: the checkpoint's ``data.scaling``) maps 16-bit / float / dB pixels to [0, 1];
+    ``tile_size`` defaults to the model's training size. The slicing options are those of
+    :func:`sarmae.engine.sliced.predict_scene`.
+    """
+    if sliced not in SLICED:
+        raise ConfigError(f"--sliced {sliced}: use one of {', '.join(SLICED)}")
+    check_options(tile_size or 32, overlap, merge, merge_iou, "iou", batch_size, score_threshold)
     paths = expand_inputs(inputs)
     dev = pick_device(device)
     module = load_detector(checkpoint)
     model = module.model.to(dev).eval()
     names = list(module.classes["names"])
-    scaling = IntensityScaling.from_config((module.cfg.get("data") or {}).get("scaling"))
+    cfg = module.cfg or {}
+    scaling = IntensityScaling.from_config(scaling if scaling is not None else (cfg.get("data") or {}).get("scaling"))
+    tile = int(tile_size or (cfg.get("model") or {}).get("img_size", 800))
+    large = {p for p in paths if sliced == "always" or (sliced == "auto" and is_large(p, tile))}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     renders = output_names(paths)
     predictions: list[dict] = []
     skipped = 0
-    bar = tqdm(total=len(paths), desc="predict", unit="img")
-    for start in range(0, len(paths), batch_size):
+
+    for index, path in enumerate(paths):
+        if path not in large:
+            continue
+        try:
+            summary = predict_scene(module, path, out, tile_size=tile, overlap=overlap, merge=merge, iou=merge_iou,
+                                    full_image_pass=full_image_pass, batch_size=batch_size,
+                                    score_threshold=score_threshold, device=dev, scaling=scaling)
+        except (DataError, OSError) as exc:
+            skipped += 1
+            tqdm.write(f"skipped {path}: {exc}")
+            continue
+        for det in json.loads(Path(summary["outputs"]["coco"]).read_text()):
+            predictions.append({**det, "image_id": index + 1, "file_name": str(path)})
+
+    chips = [i for i, p in enumerate(paths) if p not in large]
+    bar = tqdm(total=len(chips), desc="predict", unit="img", disable=not chips)
+    for start in range(0, len(chips), batch_size):
         batch: list[tuple[int, np.ndarray]] = []
-        for index in range(start, min(start + batch_size, len(paths))):
+        for index in chips[start : start + batch_size]:
             try:
                 batch.append((index, read_image(paths[index], scaling)))
             except (DataError, OSError) as exc:
@@ -122,9 +162,13 @@ def predict(
                         "score": round(float(score), 5),
                     })
                 draw_boxes(image, boxes, labels, scores, names).save(out / renders[index])
-        bar.update(min(start + batch_size, len(paths)) - start)
+        bar.update(len(chips[start : start + batch_size]))
     bar.close()
+    if skipped == len(paths):
+        raise DataError(f"none of the {len(paths)} input(s) could be read (reasons above), e.g. {paths[0]}")
+    predictions.sort(key=lambda p: p["image_id"])
     (out / "predictions.json").write_text(json.dumps(predictions, indent=1))
-    print(f"{len(predictions)} detections (score >= {score_threshold}) in {len(paths) - skipped} images -> "
+    scenes = f" ({len(large)} by sliced inference)" if large else ""
+    print(f"{len(predictions)} detections (score >= {score_threshold}) in {len(paths) - skipped} images{scenes} -> "
           f"{out / 'predictions.json'}" + (f"; skipped {skipped} unreadable (messages above)" if skipped else ""))
     return predictions
