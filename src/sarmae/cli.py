@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted (checkpoints are kept: run the same command again to resume where it stopped)",
+              file=sys.stderr)
         return 130
 
 

@@ -362,6 +362,7 @@ def run_finetune(cfg: dict) -> Path:
                     ckpt_path=resume, weights_only=True)
     except SarmaeError as exc:
         raise one_line_error(exc) from None
-    if trainer.is_global_zero and module.metrics:
-        print(format_table({str(cfg.get("init") or "scratch"): module.metrics}))
+    if trainer.is_global_zero:  # the last validation's table was printed at its epoch end
+        best = f"{float(checkpoint.best_model_score):.4f}" if checkpoint.best_model_score is not None else "n/a"
+        print(f"done -> {run_dir}: weights/best.ckpt (val mAP {best}), weights/last.ckpt, metrics.csv")
     return run_dir
