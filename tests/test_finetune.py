@@ -33,9 +33,9 @@ from sarmae.models.checkpoints import save_encoder_safetensors
 from sarmae.models.mae import MaskedAutoencoder
 
 # The tiny detector of every test: 64-d, 2 blocks, pre-training grid 4x4 (64 px), a light pyramid and heads.
-# The shared trained run: big enough to learn (the `training`-marked test) only with SARMAE_TRAINING_TESTS=1,
-# otherwise a short run whose checkpoint feeds the evaluate / predict plumbing tests.
-TRAIN_IMAGES, TRAIN_EPOCHS = (400, 4) if os.environ.get("SARMAE_TRAINING_TESTS") else (60, 1)
+# The shared trained run (about a minute and a half on 2 cores): long enough to learn, and its checkpoint feeds
+# the evaluate / predict tests. SARMAE_TRAIN="IMAGES,EPOCHS" changes it (e.g. "60,1" for a quick plumbing run).
+TRAIN_IMAGES, TRAIN_EPOCHS = (int(v) for v in os.environ.get("SARMAE_TRAIN", "400,4").split(","))
 TINY_MODEL = [
     "model.embed_dim=64", "model.depth=2", "model.num_heads=2", "model.pretrain_img_size=64",
     "model.window_size=4", "model.global_blocks=[1]", "model.fpn_channels=32", "model.drop_path=0.0",
@@ -102,6 +102,7 @@ def trained_run(tmp_path_factory) -> Path:
         run_finetune(load_config("vitdet_tiny", [
             *TINY_MODEL, f"data.root={root}", f"out={run}", f"epochs={TRAIN_EPOCHS}", "data.workers=0",
             "trainer.progress_every=25", "model.score_thresh=0.001",  # detections even from a barely trained model
+            f"optim.milestones=[{max(1, TRAIN_EPOCHS - 1)}]",  # x0.1 for the last epoch, as in the configs
         ]))
     (run / "done").write_text("")
     return run

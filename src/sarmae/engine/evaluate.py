@@ -93,9 +93,10 @@ def get_precision(cfg: dict) -> str:
 
 
 def save_gt_vs_prediction(dataset: CocoDetection, results: list[dict], out: Path, classes: dict, count: int = 4,
-                          score_threshold: float = 0.3) -> Path:
+                          score_threshold: float = 0.3, min_side: int = 256) -> Path:
     """Rows of ground truth | prediction (score >= ``score_threshold``) for the first ``count`` images with objects
-    (the first images at all when none has objects); unreadable images are left out."""
+    (the first images at all when none has objects); unreadable images are left out. Images smaller than
+    ``min_side`` are enlarged by an integer factor (nearest neighbour)."""
     names = list(classes["names"])
     cat_to_label = {int(v): int(k) for k, v in classes["label_to_cat_id"].items()}
     by_image: dict[int, list[dict]] = {}
@@ -112,9 +113,12 @@ def save_gt_vs_prediction(dataset: CocoDetection, results: list[dict], out: Path
         except (DataError, OSError):
             continue
         pixels = image.permute(1, 2, 0).numpy()
-        gt = draw_boxes(pixels, target["boxes"], target["labels"], [None] * len(target["labels"]), names)
+        zoom = max(1, -(-min_side // min(pixels.shape[:2])))  # small chips are enlarged so labels stay readable
+        pixels = pixels.repeat(zoom, axis=0).repeat(zoom, axis=1)
+        gt = draw_boxes(pixels, target["boxes"] * zoom, target["labels"], [None] * len(target["labels"]), names)
         dets = by_image.get(int(target["image_id"]), [])
-        boxes = [[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3]] for d in dets]
+        boxes = [[zoom * d["bbox"][0], zoom * d["bbox"][1], zoom * (d["bbox"][0] + d["bbox"][2]),
+                  zoom * (d["bbox"][1] + d["bbox"][3])] for d in dets]
         pred = draw_boxes(pixels, boxes, [cat_to_label[d["category_id"]] for d in dets], [d["score"] for d in dets],
                           names)
         row = Image.new("RGB", (gt.width * 2 + 8, gt.height), "white")
