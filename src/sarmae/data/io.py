@@ -115,25 +115,39 @@ def read_image_with_mask(path: str | Path, scaling: IntensityScaling | None = No
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes); re-export or remove it")
 
-    file_nodata = None
-    if ext in TIFF_EXTENSIONS:
-        bands, file_nodata = _read_tiff(path)
-    else:
-        bands = _read_pillow(path)
-    bands = _select_bands(bands, path)
+    bands, file_nodata = read_bands(path)
     nodata = scaling.nodata if scaling.nodata is not None else file_nodata
+    image, valid = bands_to_image(bands, scaling, nodata)
+    if not valid.any():
+        raise DataError(f"{path}: no valid pixel (all NaN, inf, nodata or, in db mode, <= 0); check the file")
+    return image, valid
 
+
+def read_bands(path: Path) -> tuple[np.ndarray, float | None]:
+    """Raw pixels ``(H, W, 1 or 3)`` in the file's dtype and the file's nodata value (GeoTIFF tag, else None)."""
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        data, nodata = _read_tiff(path)
+    else:
+        data, nodata = _read_pillow(path), None
+    return select_bands(data, path), nodata
+
+
+def bands_to_image(bands: np.ndarray, scaling: IntensityScaling | None, nodata: float | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Raw ``(H, W, 1 or 3)`` pixels -> ``(image float32 (H, W, 3) in [0, 1], valid (H, W))``.
+
+    8-bit (and bool) data is divided by 255 untouched; deeper data follows ``scaling`` (None = the default
+    percentile stretch). Invalid pixels (nodata, NaN, inf; <= 0 in dB mode) are set to 0.
+    """
     if bands.dtype == np.uint8 or bands.dtype == np.bool_:
         image = np.multiply(bands, np.float32(1 / 255 if bands.dtype == np.uint8 else 1), dtype=np.float32)
-        valid = _nodata_mask(bands, nodata)
+        valid = nodata_mask(bands, nodata)
         if valid is None:
             valid = np.ones(bands.shape[:2], dtype=bool)
         else:
             image[~valid] = 0.0
     else:
-        image, valid = _scale(bands, scaling, nodata)
-    if not valid.any():
-        raise DataError(f"{path}: no valid pixel (all NaN, inf, nodata or, in db mode, <= 0); check the file")
+        image, valid = scale_to_unit(bands, scaling or IntensityScaling(), nodata)
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     return image, valid
@@ -221,7 +235,7 @@ def _parse_nodata(value: Any) -> float | None:
         return None
 
 
-def _select_bands(data: np.ndarray, path: Path) -> np.ndarray:
+def select_bands(data: np.ndarray, path: Path) -> np.ndarray:
     """Return ``(H, W, 1)`` or ``(H, W, 3)``: squeeze, drop alpha, refuse 2 or more than 4 bands."""
     if data.ndim == 3 and data.shape[2] == 1:
         data = data[:, :, 0]
@@ -238,45 +252,59 @@ def _select_bands(data: np.ndarray, path: Path) -> np.ndarray:
     raise DataError(f"{path}: {bands} bands are not supported{hint}")
 
 
-def _nodata_mask(bands: np.ndarray, nodata: float | None) -> np.ndarray | None:
+def nodata_mask(bands: np.ndarray, nodata: float | None) -> np.ndarray | None:
     """``(H, W)`` True where not every band equals ``nodata``; None when there is no nodata value."""
     if nodata is None or math.isnan(nodata):
         return None
     return ~np.all(bands == nodata, axis=2)
 
 
-def _scale(bands: np.ndarray, scaling: IntensityScaling, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Map ``(H, W, C)`` 16-bit / float / complex data to [0, 1] following ``scaling``."""
+def intensity_values(bands: np.ndarray, scaling: IntensityScaling, nodata: float | None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The values ``scaling`` stretches and where they are valid: float32 copies of real data, amplitude
+    (or power for dB) of complex SLC data, then 10·log10 in dB mode. Invalid: nodata, NaN, inf, <= 0 in dB."""
     if np.iscomplexobj(bands):  # SLC: amplitude, or power for dB
         mag = np.abs(bands).astype(np.float32)
         values = mag * mag if scaling.mode == "db" else mag
-        nodata_mask = None
+        mask = None
     else:
         values = bands.astype(np.float32)
-        nodata_mask = _nodata_mask(bands, nodata)
+        mask = nodata_mask(bands, nodata)
     valid = np.all(np.isfinite(values), axis=2)
-    if nodata_mask is not None:
-        valid &= nodata_mask
+    if mask is not None:
+        valid &= mask
     if scaling.mode == "db":
         with np.errstate(divide="ignore", invalid="ignore"):
             valid &= np.all(values > 0, axis=2)
             values = 10.0 * np.log10(values)
-    samples = _valid_samples(values, valid)
-    if samples.size == 0:
-        return np.zeros_like(values), valid
+    return values, valid
 
+
+def intensity_bounds(samples: np.ndarray, scaling: IntensityScaling) -> tuple[float, float]:
+    """``(lo, hi)`` mapped to 0 and 1: fixed ``vmin``/``vmax`` where given, else min..max (linear) or the
+    ``low``..``high`` percentiles (min..max when those coincide). ``samples``: valid values, not empty."""
     if scaling.mode == "linear":
         lo = scaling.vmin if scaling.vmin is not None else float(samples.min())
         hi = scaling.vmax if scaling.vmax is not None else float(samples.max())
-    elif scaling.mode == "db" and scaling.vmin is not None and scaling.vmax is not None:
-        lo, hi = scaling.vmin, scaling.vmax
-    else:
-        p_lo, p_hi = (float(v) for v in np.percentile(samples, [scaling.low, scaling.high]))
-        if p_hi <= p_lo:  # mostly-constant image: fall back to min..max
-            p_lo, p_hi = float(samples.min()), float(samples.max())
-        lo = scaling.vmin if scaling.vmin is not None else p_lo
-        hi = scaling.vmax if scaling.vmax is not None else p_hi
+        return lo, hi
+    if scaling.mode == "db" and scaling.vmin is not None and scaling.vmax is not None:
+        return scaling.vmin, scaling.vmax
+    p_lo, p_hi = (float(v) for v in np.percentile(samples, [scaling.low, scaling.high]))
+    if p_hi <= p_lo:  # mostly-constant image: fall back to min..max
+        p_lo, p_hi = float(samples.min()), float(samples.max())
+    lo = scaling.vmin if scaling.vmin is not None else p_lo
+    hi = scaling.vmax if scaling.vmax is not None else p_hi
+    return lo, hi
 
+
+def scale_to_unit(bands: np.ndarray, scaling: IntensityScaling, nodata: float | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Map ``(H, W, C)`` 16-bit / float / complex data to [0, 1] following ``scaling``; returns (image, valid)."""
+    values, valid = intensity_values(bands, scaling, nodata)
+    samples = _valid_samples(values, valid)
+    if samples.size == 0:
+        return np.zeros_like(values), valid
+    lo, hi = intensity_bounds(samples, scaling)
     if hi <= lo:
         return np.zeros_like(values), valid
     values -= np.float32(lo)  # in place: ``values`` is already a private float32 copy

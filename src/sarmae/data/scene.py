@@ -109,12 +109,7 @@ class _ArraySource:
     """The same interface over an image decoded at once (PNG / JPEG / BMP, or TIFF without rasterio)."""
 
     def __init__(self, path: Path) -> None:
-        ext = path.suffix.lower()
-        if ext in io.TIFF_EXTENSIONS:
-            data, self.nodata = io._read_tiff(path)
-        else:
-            data, self.nodata = io._read_pillow(path), None
-        self.data = io._select_bands(data, path)  # (H, W, 1 or 3)
+        self.data, self.nodata = io.read_bands(path)  # (H, W, 1 or 3)
         self.height, self.width = self.data.shape[:2]
         self.dtype = self.data.dtype
         self.georef = Georef()
@@ -190,18 +185,8 @@ class Scene:
         return (*self._to_float(self.source.decimated(out_h, out_w, average=True)), scale)
 
     def _to_float(self, bands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.scaling is None:  # 8-bit / bool: no stretch, as for chips
-            image = np.multiply(bands, np.float32(1 / 255 if bands.dtype == np.uint8 else 1), dtype=np.float32)
-            valid = io._nodata_mask(bands, self.nodata)
-            if valid is None:
-                valid = np.ones(bands.shape[:2], dtype=bool)
-            else:
-                image[~valid] = 0.0
-        else:
-            image, valid = io._scale(bands, self.scaling, self.nodata)
-        if image.shape[2] == 1:
-            image = np.repeat(image, 3, axis=2)
-        return image, valid
+        # 8-bit data (scaling None) is divided by 255 as for chips; deeper data uses the frozen scene bounds.
+        return io.bands_to_image(bands, self.scaling, self.nodata)
 
     def close(self) -> None:
         self.source.close()
@@ -280,36 +265,15 @@ def freeze_scaling(sample: np.ndarray, scaling: IntensityScaling, nodata: float 
     bounds follow :func:`sarmae.data.io.read_image` (percentiles of valid values, fallbacks min..max).
     """
     if sample.dtype in (np.uint8, np.bool_):
-        valid = io._nodata_mask(sample, nodata)
+        valid = io.nodata_mask(sample, nodata)
         fraction = 1.0 if valid is None else float(valid.mean())
         return None, {"valid_fraction": fraction, "mode": "8-bit / 255", "vmin": 0.0, "vmax": 255.0}
     db = scaling.mode == "db"
-    if np.iscomplexobj(sample):
-        mag = np.abs(sample).astype(np.float32)
-        values, valid = (mag * mag if db else mag), np.ones(sample.shape[:2], dtype=bool)
-    else:
-        values = sample.astype(np.float32)
-        mask = io._nodata_mask(sample, nodata)
-        valid = np.ones(sample.shape[:2], dtype=bool) if mask is None else mask
-    valid &= np.all(np.isfinite(values), axis=2)
-    if db:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            valid &= np.all(values > 0, axis=2)
-            values = 10.0 * np.log10(values)
+    values, valid = io.intensity_values(sample, scaling, nodata)
     samples = values[valid].ravel()
     if samples.size == 0:
         return None, {"valid_fraction": 0.0, "mode": scaling.mode, "vmin": None, "vmax": None}
-    if scaling.mode == "linear":
-        lo = scaling.vmin if scaling.vmin is not None else float(samples.min())
-        hi = scaling.vmax if scaling.vmax is not None else float(samples.max())
-    elif db and scaling.vmin is not None and scaling.vmax is not None:
-        lo, hi = scaling.vmin, scaling.vmax
-    else:
-        p_lo, p_hi = (float(v) for v in np.percentile(samples, [scaling.low, scaling.high]))
-        if p_hi <= p_lo:
-            p_lo, p_hi = float(samples.min()), float(samples.max())
-        lo = scaling.vmin if scaling.vmin is not None else p_lo
-        hi = scaling.vmax if scaling.vmax is not None else p_hi
+    lo, hi = io.intensity_bounds(samples, scaling)
     if not hi > lo:  # constant scene: everything maps to 0, as io does
         hi = lo + (abs(lo) or 1.0) * 1e-3
     if math.isinf(lo) or math.isinf(hi):
