@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
 SARDET_NAMES = ("ship", "aircraft", "car", "tank", "bridge", "harbor")
@@ -132,3 +133,13 @@ def tiny_coco(tmp_path) -> SimpleNamespace:
     ]
     ann_file = build_coco(root, "train", images, annotations)
     return SimpleNamespace(root=root, split="train", ann_file=ann_file, images=images, annotations=annotations)
+
+
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """Tiny models: starting threads costs more than the maths, and on a busy 2-core machine two threads per
+    process thrash (10x slower); one thread keeps these tests fast and their timing stable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -27,6 +27,8 @@ from sarmae.engine import runs
 from sarmae.engine.pretrain import no_decay, param_groups, peak_lr, run_pretrain, warmup_cosine
 from sarmae.models.mae import build_mae
 
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # tiny models: see conftest
+
 TINY = [
     "model.img_size=64",
     "model.embed_dim=64",
@@ -47,14 +49,6 @@ class SimulatedKill(Exception):
     """Stands for SIGKILL: raised from inside the training loop, it ends the run with no clean-up."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Tiny models: starting threads costs more than the maths, and on a busy 2-core machine two threads per
-    process thrash (10x slower); one thread keeps these tests fast and their timing stable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

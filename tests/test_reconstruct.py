@@ -15,19 +15,13 @@ from sarmae.engine.pretrain import run_pretrain
 from sarmae.engine.reconstruct import COLUMNS, reconstruction_panels
 from sarmae.models.mae import build_mae
 
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # tiny models: see conftest
+
 TINY_MODEL = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
               "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2}
 DPI, INCHES = 80, 3  # draw_figure: 3 x 3 inch panels saved at 80 dpi
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Tiny models: starting threads costs more than the maths, and on a busy 2-core machine two threads per
-    process thrash (10x slower); one thread keeps these tests fast and their timing stable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def speckled_blobs(rng: np.random.Generator, size: int = 48) -> np.ndarray:

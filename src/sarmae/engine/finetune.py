@@ -27,13 +27,12 @@ from sarmae.data.transforms import detection_transforms
 from sarmae.engine.metrics import TABLE_COLUMNS, coco_metrics, detections_to_coco, format_table, gather_results
 from sarmae.engine.runs import (
     CsvMetrics,
+    SavesRngState,
     build_trainer,
-    capture_rng_state,
     one_line_error,
     prepare_run_dir,
     read_checkpoint_header,
     resolve_resume,
-    restore_rng_state,
 )
 from sarmae.errors import CheckpointError, ConfigError, DataError, SarmaeError
 from sarmae.models.checkpoints import load_encoder_weights
@@ -105,7 +104,7 @@ def keep_boxes_float32(model: torch.nn.Module) -> None:
         module.register_forward_hook(lambda _module, _inputs, output: _to_float32(output))
 
 
-class ViTDetFinetuning(L.LightningModule):
+class ViTDetFinetuning(SavesRngState, L.LightningModule):
     """Wraps the torchvision Faster R-CNN (at ``self.model``) with optimiser, schedule and COCO validation.
 
     ``classes`` = {"names": [...], "label_to_cat_id": {label: file category id}} travels in the checkpoint,
@@ -247,12 +246,6 @@ class ViTDetFinetuning(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_state"] = capture_rng_state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        restore_rng_state(checkpoint.get("rng_state"))
 
 
 # -- data ---------------------------------------------------------------------------------------------

@@ -22,14 +22,13 @@ from sarmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, mae_transforms
 from sarmae.data.unlabeled import UnlabeledImages
 from sarmae.engine.runs import (
     CsvMetrics,
+    SavesRngState,
     build_trainer,
-    capture_rng_state,
     one_line_error,
     prepare_run_dir,
     read_checkpoint_header,
     report,
     resolve_resume,
-    restore_rng_state,
     stop_dataloader_workers,
 )
 from sarmae.errors import CheckpointError, ConfigError, SarmaeError
@@ -52,7 +51,7 @@ def no_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name
 
 
-class MAEPretraining(L.LightningModule):
+class MAEPretraining(SavesRngState, L.LightningModule):
     """Wraps :class:`MaskedAutoencoder` (at ``self.model``) with the optimiser, schedule and logging.
 
     One ``metrics.csv`` row per ``trainer.log_every`` optimiser steps (and at the end of each epoch): ``loss`` is
@@ -175,12 +174,6 @@ class MAEPretraining(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_state"] = capture_rng_state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        restore_rng_state(checkpoint.get("rng_state"))
 
 
 def peak_lr(ocfg: dict, effective_batch: int) -> float:

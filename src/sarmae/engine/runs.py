@@ -203,6 +203,16 @@ def restore_rng_state(state: dict[str, Any] | None) -> None:
         torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu() for s in cuda])
 
 
+class SavesRngState:
+    """LightningModule mixin (list it first): every checkpoint carries the RNG state, restored on resume."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_state"] = capture_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        restore_rng_state(checkpoint.get("rng_state"))
+
+
 # -- metrics.csv and the progress bar -------------------------------------------------------------------
 
 
