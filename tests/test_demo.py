@@ -4,6 +4,7 @@ in the run folder, and a reproduction stopped halfway resumes where it stopped w
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,10 @@ def test_demo_runs_every_step_and_writes_table_and_figures(tmp_path, monkeypatch
     assert configs[0] == configs[1] and configs[0]["epochs"] == 1 and configs[0]["seed"] == 0
     assert (out / "figure2_reconstruction.png").stat().st_size > 0
     assert (out / "figure3_detections.png").stat().st_size > 0
-    assert "init=sar from" in printed
+    logs = sorted(out.glob("finetune_*_seed0/log.txt"))
+    if os.cpu_count() > 1:  # the two rows ran side by side, each logging to its own file
+        assert "2 at a time" in printed and len(logs) == 2
+    assert "init=sar from" in printed + "".join(log.read_text() for log in logs)
     # the dataset is cached: a second demo into another folder does not generate it again
     cached = list((tmp_path / "cache").iterdir())
     assert len(cached) == 1 and (cached[0] / "synth.json").is_file()

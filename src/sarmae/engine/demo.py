@@ -6,14 +6,25 @@
    row when a checkpoint is given), identical budgets and seeds;
 4. COCO evaluation of each on val, the table, the reconstruction figure (Figure 2) and a detection figure
    (Figure 3) in the run folder.
+
+On a CPU the fine-tuning runs go side by side, one process each with an equal share of the cores
+(``rows_in_parallel``): a tiny model uses one core far better than two, so two rows at once finish ~1.5x sooner
+than one after the other. Each run logs to its own ``log.txt``; the demo shows one progress bar over all epochs.
 """
 
 from __future__ import annotations
 
+import csv
+import multiprocessing
 import os
 import shutil
+import sys
 import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+
+from tqdm import tqdm
 
 from sarmae.config import load_config
 from sarmae.data.synth import write_dataset
@@ -52,11 +63,13 @@ def run_demo(
     if imagenet_weights:
         rows.insert(1, Row("ImageNet (MAE)", "imagenet", Path(imagenet_weights)))
     fin = plan["finetune"]
+    jobs = [(row, seed, fin["config"], list(fin.get("overrides", [])), root, out / f"finetune_{row.init}_seed{seed}")
+            for seed in range(seeds) for row in rows]
+    results = run_side_by_side(jobs) if plan.get("rows_in_parallel") and side_by_side_ok(jobs) else \
+        [run_row(*job) for job in jobs]
     per_row: dict[str, list[dict]] = {row.label: [] for row in rows}
-    for seed in range(seeds):
-        for row in rows:
-            row_dir = out / f"finetune_{row.init}_seed{seed}"
-            per_row[row.label].append(run_row(row, seed, fin["config"], list(fin.get("overrides", [])), root, row_dir))
+    for (row, *_), result in zip(jobs, results):
+        per_row[row.label].append(result)
 
     _collect_figures(out, rows, root)
     minutes = (time.perf_counter() - start) / 60
@@ -64,6 +77,55 @@ def run_demo(
              f"{plan['data']['train']} labeled / {plan['data']['unlabeled']} unlabeled images ({minutes:.1f} min)")
     write_table(per_row, out, title)
     return per_row
+
+
+def side_by_side_ok(jobs: list[tuple]) -> bool:
+    """Several runs, several cores and no GPU (on a GPU the runs would only compete for the device)."""
+    import torch
+
+    return len(jobs) > 1 and (os.cpu_count() or 1) > 1 and not torch.cuda.is_available()
+
+
+def _row_in_subprocess(job: tuple, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    out = Path(job[-1])
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "log.txt", "a", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
+        return run_row(*job)
+
+
+def _epochs_done(row_dir: Path) -> int:
+    try:
+        with open(row_dir / "metrics.csv", newline="") as f:
+            return sum(1 for _ in csv.DictReader(f))
+    except OSError:
+        return 0
+
+
+def run_side_by_side(jobs: list[tuple]) -> list[dict]:
+    """:func:`run_row` for every job, as many at once as there are cores (at least one core each)."""
+    from sarmae.config import load_config
+
+    workers = min(len(jobs), os.cpu_count() or 1)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    epochs = [int(load_config(job[2], job[3]).get("epochs", 1)) for job in jobs]
+    print(f"fine-tuning {len(jobs)} runs, {workers} at a time ({threads} thread(s) each); logs: "
+          + ", ".join(str(Path(job[-1]) / "log.txt") for job in jobs))
+    bar = tqdm(total=sum(epochs), unit="epoch", desc="fine-tuning", file=sys.stderr, dynamic_ncols=True)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(_row_in_subprocess, job, threads) for job in jobs]
+        while True:
+            finished, pending = wait(futures, timeout=5, return_when=FIRST_EXCEPTION)
+            done = sum(e if f in finished else min(e, _epochs_done(Path(job[-1])))
+                       for f, e, job in zip(futures, epochs, jobs))
+            bar.update(done - bar.n)
+            if not pending or any(f.exception() for f in finished):
+                break
+        bar.close()
+        return [f.result() for f in futures]  # re-raises a run's error once the others have finished
 
 
 def _collect_figures(out: Path, rows: list[Row], root: Path) -> None:
