@@ -14,9 +14,9 @@ than one after the other. Each run logs to its own ``log.txt``; the demo shows o
 
 from __future__ import annotations
 
-import csv
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import time
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from sarmae.config import load_config
 from sarmae.data.synth import write_dataset
-from sarmae.engine.table import Row, run_pretrain_step, run_row, write_table
+from sarmae.engine.table import Row, row_marker, run_pretrain_step, run_row, write_table
 
 
 def cache_dir() -> Path:
@@ -65,11 +65,12 @@ def run_demo(
     fin = plan["finetune"]
     jobs = [(row, seed, fin["config"], list(fin.get("overrides", [])), root, out / f"finetune_{row.init}_seed{seed}")
             for seed in range(seeds) for row in rows]
-    results = run_side_by_side(jobs) if plan.get("rows_in_parallel") and side_by_side_ok(jobs) else \
-        [run_row(*job) for job in jobs]
+    todo = [job for job in jobs if not row_marker(job[-1]).is_file()]  # finished runs are read, not re-run
+    ran = dict(zip((job[-1] for job in todo), run_side_by_side(todo))) \
+        if plan.get("rows_in_parallel") and side_by_side_ok(todo) else {}
     per_row: dict[str, list[dict]] = {row.label: [] for row in rows}
-    for (row, *_), result in zip(jobs, results):
-        per_row[row.label].append(result)
+    for job in jobs:
+        per_row[job[0].label].append(ran[job[-1]] if job[-1] in ran else run_row(*job))
 
     _collect_figures(out, rows, root)
     minutes = (time.perf_counter() - start) / 60
@@ -96,12 +97,21 @@ def _row_in_subprocess(job: tuple, threads: int) -> dict:
         return run_row(*job)
 
 
-def _epochs_done(row_dir: Path) -> int:
+_PROGRESS = re.compile(rb"Epoch (\d+):\s+\d+%\|[^|]*\| (\d+)/(\d+)")
+
+
+def _epochs_done(log: Path) -> float:
+    """Epochs a run has trained, from the last progress-bar line in its log (fractions within an epoch)."""
     try:
-        with open(row_dir / "metrics.csv", newline="") as f:
-            return sum(1 for _ in csv.DictReader(f))
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            matches = _PROGRESS.findall(f.read())
     except OSError:
-        return 0
+        return 0.0
+    if not matches:
+        return 0.0
+    epoch, step, steps = (int(v) for v in matches[-1])
+    return epoch + step / max(1, steps)
 
 
 def run_side_by_side(jobs: list[tuple]) -> list[dict]:
@@ -113,15 +123,16 @@ def run_side_by_side(jobs: list[tuple]) -> list[dict]:
     epochs = [int(load_config(job[2], job[3]).get("epochs", 1)) for job in jobs]
     print(f"fine-tuning {len(jobs)} runs, {workers} at a time ({threads} thread(s) each); logs: "
           + ", ".join(str(Path(job[-1]) / "log.txt") for job in jobs))
-    bar = tqdm(total=sum(epochs), unit="epoch", desc="fine-tuning", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=sum(epochs), desc="fine-tuning", file=sys.stderr, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total} epochs [{elapsed}<{remaining}]")
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [pool.submit(_row_in_subprocess, job, threads) for job in jobs]
         while True:
             finished, pending = wait(futures, timeout=5, return_when=FIRST_EXCEPTION)
-            done = sum(e if f in finished else min(e, _epochs_done(Path(job[-1])))
+            done = sum(e if f in finished else min(e, _epochs_done(Path(job[-1]) / "log.txt"))
                        for f, e, job in zip(futures, epochs, jobs))
-            bar.update(done - bar.n)
+            bar.update(round(done - bar.n, 2))
             if not pending or any(f.exception() for f in finished):
                 break
         bar.close()

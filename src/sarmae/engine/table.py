@@ -42,9 +42,14 @@ def run_pretrain_step(config: str, overrides: list[str], out: Path) -> Path:
     return encoder
 
 
+def row_marker(out: Path) -> Path:
+    """The file a finished row leaves (its evaluation), so that re-running skips it."""
+    return out / "eval" / "metrics.json"
+
+
 def run_row(row: Row, seed: int, config: str, overrides: list[str], data_root: Path, out: Path) -> dict:
     """Fine-tune one row with one seed into ``out`` and evaluate its last checkpoint on val."""
-    marker = out / "eval" / "metrics.json"
+    marker = row_marker(out)
     if marker.is_file():
         print(f"{row.label} (seed {seed}): done earlier ({marker})")
         return json.loads(marker.read_text())
