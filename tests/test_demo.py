@@ -98,3 +98,14 @@ def test_reproduce_prints_the_plan_and_resumes_where_it_stopped(tiny_dataset, tm
     assert (out / "finetune_sar" / "eval" / "metrics.json").is_file()
     assert "SARDet-100k" in (out / "table.md").read_text()
     assert set(json.loads((out / "table.json").read_text())) == {"-", "SARDet-100k"}
+
+
+def test_side_by_side_progress_reads_the_last_progress_line(tmp_path):
+    from sarmae.engine.demo import _epochs_done
+
+    log = tmp_path / "log.txt"
+    assert _epochs_done(log) == 0.0  # not started yet
+    log.write_text("init=sar from x\n" + "".join(
+        f"\rEpoch {e}:  {100 * s // 44}%|###   | {s}/44 [00:01<00:02,  2.2it/s, loss=0.5]" for e in range(3)
+        for s in range(45)) + "\rEpoch 3:  25%|##    | 11/44 [00:05<00:15, 2.2it/s]")
+    assert _epochs_done(log) == pytest.approx(3.25)
