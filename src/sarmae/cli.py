@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sarmae import __version__
 from sarmae.errors import SarmaeError
+
+if TYPE_CHECKING:
+    from sarmae.data.io import IntensityScaling
 
 TRAIN_EPILOG = (
     "Overrides are dotted key=value pairs parsed as YAML, e.g. epochs=10 batch_size=64 "
@@ -73,7 +77,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_scaling(text: str | None) -> dict | str | None:
+def parse_scaling(text: str | None) -> IntensityScaling | None:
     """``--scaling``: a mode name or a YAML mapping; validated by :class:`sarmae.data.io.IntensityScaling`."""
     if text is None:
         return None

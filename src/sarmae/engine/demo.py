@@ -7,9 +7,9 @@
 4. COCO evaluation of each on val, the table, the reconstruction figure (Figure 2) and a detection figure
    (Figure 3) in the run folder.
 
-On a CPU the fine-tuning runs go side by side, one process each with an equal share of the cores
-(``rows_in_parallel``): a tiny model uses one core far better than two, so two rows at once finish ~1.5x sooner
-than one after the other. Each run logs to its own ``log.txt``; the demo shows one progress bar over all epochs.
+On a CPU the fine-tuning runs go side by side, one process each with an equal share of the cores: a tiny
+model uses one core far better than two, so two rows at once finish ~1.5x sooner than one after the other. Each
+run logs to its own ``log.txt``; the demo shows one progress bar over all epochs.
 """
 
 from __future__ import annotations
@@ -66,8 +66,7 @@ def run_demo(
     jobs = [(row, seed, fin["config"], list(fin.get("overrides", [])), root, out / f"finetune_{row.init}_seed{seed}")
             for seed in range(seeds) for row in rows]
     todo = [job for job in jobs if not row_marker(job[-1]).is_file()]  # finished runs are read, not re-run
-    ran = dict(zip((job[-1] for job in todo), run_side_by_side(todo))) \
-        if plan.get("rows_in_parallel") and side_by_side_ok(todo) else {}
+    ran = dict(zip((job[-1] for job in todo), run_side_by_side(todo))) if side_by_side_ok(todo) else {}
     per_row: dict[str, list[dict]] = {row.label: [] for row in rows}
     for job in jobs:
         per_row[job[0].label].append(ran[job[-1]] if job[-1] in ran else run_row(*job))
@@ -116,8 +115,6 @@ def _epochs_done(log: Path) -> float:
 
 def run_side_by_side(jobs: list[tuple]) -> list[dict]:
     """:func:`run_row` for every job, as many at once as there are cores (at least one core each)."""
-    from sarmae.config import load_config
-
     workers = min(len(jobs), os.cpu_count() or 1)
     threads = max(1, (os.cpu_count() or 1) // workers)
     epochs = [int(load_config(job[2], job[3]).get("epochs", 1)) for job in jobs]

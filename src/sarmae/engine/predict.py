@@ -108,7 +108,6 @@ def predict(
     """
     if sliced not in SLICED:
         raise ConfigError(f"--sliced {sliced}: use one of {', '.join(SLICED)}")
-    check_options(tile_size or 32, overlap, merge, merge_iou, "iou", batch_size, score_threshold)
     paths = expand_inputs(inputs)
     dev = pick_device(device)
     module = load_detector(checkpoint)
@@ -117,6 +116,7 @@ def predict(
     cfg = module.cfg or {}
     scaling = IntensityScaling.from_config(scaling if scaling is not None else (cfg.get("data") or {}).get("scaling"))
     tile = int(tile_size or (cfg.get("model") or {}).get("img_size", 800))
+    check_options(tile, overlap, merge, merge_iou, "iou", batch_size, score_threshold)
     large = {p for p in paths if sliced == "always" or (sliced == "auto" and is_large(p, tile))}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

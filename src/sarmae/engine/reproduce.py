@@ -15,7 +15,7 @@ import torch
 
 from sarmae.config import load_config
 from sarmae.data.coco import load_coco_json
-from sarmae.engine.table import Row, run_pretrain_step, run_row, write_table
+from sarmae.engine.table import Row, row_marker, run_pretrain_step, run_row, write_table
 from sarmae.engine.throughput import detection_speed, pretrain_speed
 from sarmae.errors import ConfigError
 
@@ -81,7 +81,7 @@ def run_reproduce(
              f"{speed_pre:.1f} img/s/device -> ~{hours_pre:.2f} h on {gpus} device(s)"
              f"{done(out / 'pretrain' / 'encoder.safetensors')}"]
     for i, row in enumerate(rows, start=2):
-        marker = out / f"finetune_{row.init}" / "eval" / "metrics.json"
+        marker = row_marker(out / f"finetune_{row.init}")
         lines.append(f"{i}. fine-tune + evaluate row '{row.label}' (init={row.init}): {finetune_config}, "
                      f"{fin_cfg['epochs']} epochs, {speed_fin:.1f} img/s/device -> ~{hours_fin:.2f} h{done(marker)}")
     total = hours_pre + hours_fin * len(rows)
