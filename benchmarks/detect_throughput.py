@@ -15,7 +15,7 @@ from collections import defaultdict
 import torch
 
 from sarmae.config import load_config
-from sarmae.engine.throughput import detection_speed, random_detection_batch
+from sarmae.experiments.throughput import detection_speed, random_detection_batch
 from sarmae.models.vitdet import build_detector
 
 

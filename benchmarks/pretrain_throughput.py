@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from sarmae.config import load_config
-from sarmae.engine.throughput import pretrain_speed
+from sarmae.experiments.throughput import pretrain_speed
 
 
 def main() -> None:

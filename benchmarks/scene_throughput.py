@@ -25,7 +25,7 @@ from rasterio.windows import Window
 from sarmae.config import load_config
 from sarmae.data.coco import SARDET_CLASSES
 from sarmae.data.synth import generate_image
-from sarmae.engine.sliced import predict_scene
+from sarmae.infer.sliced import predict_scene
 from sarmae.models.vitdet import build_detector
 
 

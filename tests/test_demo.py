@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import sarmae.engine.reproduce as reproduce
+import sarmae.experiments.reproduce as reproduce
 from sarmae.cli import main
 from sarmae.data.synth import write_dataset
 
@@ -101,7 +101,7 @@ def test_reproduce_prints_the_plan_and_resumes_where_it_stopped(tiny_dataset, tm
 
 
 def test_side_by_side_progress_reads_the_last_progress_line(tmp_path):
-    from sarmae.engine.demo import _epochs_done
+    from sarmae.experiments.demo import _epochs_done
 
     log = tmp_path / "log.txt"
     assert _epochs_done(log) == 0.0  # not started yet

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from sarmae.cli import main
-from sarmae.engine.evaluate import evaluate_checkpoint, json_safe
-from sarmae.engine.metrics import TABLE_COLUMNS
+from sarmae.infer.evaluate import evaluate_checkpoint, json_safe
+from sarmae.infer.metrics import TABLE_COLUMNS
 from test_finetune import CAT_IDS, read_csv, trained_run
 
 

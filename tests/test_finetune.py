@@ -21,16 +21,16 @@ import yaml
 from sarmae.cli import main
 from sarmae.config import load_config
 from sarmae.data.synth import write_dataset
-from sarmae.engine.finetune import (
+from sarmae.errors import CheckpointError
+from sarmae.models.checkpoints import save_encoder_safetensors
+from sarmae.models.mae import MaskedAutoencoder
+from sarmae.train.finetune import (
     METRIC_COLUMNS,
     ViTDetFinetuning,
     check_finetune_config,
     run_finetune,
     step_schedule,
 )
-from sarmae.errors import CheckpointError
-from sarmae.models.checkpoints import save_encoder_safetensors
-from sarmae.models.mae import MaskedAutoencoder
 
 # The tiny detector of every test: 64-d, 2 blocks, pre-training grid 4x4 (64 px), a light pyramid and heads.
 # The shared trained run (about a minute and a half on 2 cores): long enough to learn, and its checkpoint feeds

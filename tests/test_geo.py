@@ -14,8 +14,8 @@ from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 
 from sarmae.data.scene import open_scene
-from sarmae.engine.geo import write_outputs
-from sarmae.engine.sliced import Detections
+from sarmae.infer.geo import write_outputs
+from sarmae.infer.sliced import Detections
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 

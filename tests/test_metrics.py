@@ -18,14 +18,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from sarmae.engine.metrics import (
+from sarmae.errors import ConfigError, DataError
+from sarmae.infer.metrics import (
     TABLE_COLUMNS,
     coco_metrics,
     detections_to_coco,
     format_table,
     gather_results,
 )
-from sarmae.errors import ConfigError, DataError
 
 NAMES = {0: "ship", 1: "aircraft", 2: "car", 3: "tank"}  # 0-based like SARDet-100K; "tank" has no GT
 

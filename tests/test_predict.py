@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from sarmae.cli import main
-from sarmae.engine.predict import expand_inputs, output_names
+from sarmae.infer.predict import expand_inputs, output_names
 from test_finetune import CAT_IDS, trained_run
 
 NAMES = ["ship", "aircraft", "car", "tank", "bridge", "harbor"]

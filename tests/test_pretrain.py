@@ -23,9 +23,9 @@ from timm.models.vision_transformer import VisionTransformer
 from sarmae.cli import main
 from sarmae.config import load_config
 from sarmae.data.synth import write_dataset
-from sarmae.engine import runs
-from sarmae.engine.pretrain import no_decay, param_groups, peak_lr, run_pretrain, warmup_cosine
 from sarmae.models.mae import build_mae
+from sarmae.train import runs
+from sarmae.train.pretrain import no_decay, param_groups, peak_lr, run_pretrain, warmup_cosine
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # tiny models: see conftest
 

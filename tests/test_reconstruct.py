@@ -11,9 +11,9 @@ from PIL import Image
 
 from sarmae.cli import main
 from sarmae.config import load_config
-from sarmae.engine.pretrain import run_pretrain
-from sarmae.engine.reconstruct import COLUMNS, reconstruction_panels
+from sarmae.infer.reconstruct import COLUMNS, reconstruction_panels
 from sarmae.models.mae import build_mae
+from sarmae.train.pretrain import run_pretrain
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # tiny models: see conftest
 

@@ -13,7 +13,8 @@ from affine import Affine
 
 from sarmae.data.scene import open_scene
 from sarmae.data.synth import generate_image
-from sarmae.engine.sliced import (
+from sarmae.errors import ConfigError
+from sarmae.infer.sliced import (
     Detections,
     Tile,
     greedy_merge,
@@ -24,7 +25,6 @@ from sarmae.engine.sliced import (
     sliced_detect,
     tile_windows,
 )
-from sarmae.errors import ConfigError
 
 TILE, OVERLAP = 160, 0.2
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -247,7 +247,7 @@ TINY = {"size": "tiny", "img_size": 128, "pretrain_img_size": 128, "embed_dim": 
 
 @pytest.fixture(scope="module")
 def tiny_module():
-    from sarmae.engine.finetune import ViTDetFinetuning
+    from sarmae.train.finetune import ViTDetFinetuning
 
     torch.manual_seed(0)
     classes = {"names": ["ship", "aircraft", "car", "tank", "bridge", "harbor"],

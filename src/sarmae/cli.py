@@ -48,7 +48,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from sarmae.config import load_config
-    from sarmae.engine.pretrain import run_pretrain
+    from sarmae.train.pretrain import run_pretrain
 
     run_pretrain(load_config(args.config, args.overrides))
     return 0
@@ -56,14 +56,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from sarmae.config import load_config
-    from sarmae.engine.finetune import run_finetune
+    from sarmae.train.finetune import run_finetune
 
     run_finetune(load_config(args.config, args.overrides))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from sarmae.engine.evaluate import evaluate_checkpoint
+    from sarmae.infer.evaluate import evaluate_checkpoint
 
     evaluate_checkpoint(
         Path(args.checkpoint),
@@ -96,7 +96,7 @@ def parse_scaling(text: str | None) -> IntensityScaling | None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from sarmae.engine.predict import predict
+    from sarmae.infer.predict import predict
 
     predict(
         Path(args.checkpoint),
@@ -117,21 +117,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from sarmae.engine.reconstruct import reconstruct
+    from sarmae.infer.reconstruct import reconstruct
 
     reconstruct(Path(args.checkpoint), args.inputs, out=Path(args.out), seed=args.seed)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sarmae.engine.demo import run_demo
+    from sarmae.experiments.demo import run_demo
 
     run_demo(Path(args.out), seeds=args.seeds, imagenet_weights=args.imagenet_weights, overrides=args.overrides)
     return 0
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from sarmae.engine.reproduce import run_reproduce
+    from sarmae.experiments.reproduce import run_reproduce
 
     run_reproduce(
         Path(args.data), out=Path(args.out), gpus=args.gpus, imagenet_weights=args.imagenet_weights,
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("finetune", _cmd_finetune, "ViTDet (ViT + Simple FPN + Faster R-CNN) fine-tuning"),
     ):
         cmd = sub.add_parser(name, help=text, description=text, epilog=TRAIN_EPILOG)
-        cmd.add_argument("config", help="YAML config: a path or a name in configs/ (e.g. mae_tiny)")
+        cmd.add_argument("config", help="YAML config: a path or a name of a shipped config (e.g. mae_tiny)")
         cmd.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
         cmd.set_defaults(func=func)
 
@@ -219,12 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the paper's Table 1 in miniature on the embedded synthetic SAR benchmark (CPU, ~15 min)",
         description="Generate the synthetic benchmark (cached), pre-train a tiny MAE on its unlabeled pool, "
         "fine-tune ViTDet from scratch and from the SAR-MAE encoder with identical budgets, evaluate, and print "
-        "the table. Sizes and epochs live in configs/demo/.",
+        "the table. Sizes and epochs live in the shipped demo/ configs.",
     )
     dm.add_argument("--out", default="runs/demo", help="run folder (re-running resumes where it stopped)")
     dm.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per row (mean +- std when > 1)")
     dm.add_argument("--imagenet-weights", default=None, help="an ImageNet MAE/timm checkpoint of the demo's ViT size")
-    dm.add_argument("overrides", nargs="*", metavar="key=value", help="configs/demo/demo.yaml overrides")
+    dm.add_argument("overrides", nargs="*", metavar="key=value", help="demo/demo.yaml overrides")
     dm.set_defaults(func=_cmd_demo)
 
     rp = sub.add_parser(

@@ -8,6 +8,7 @@ so each paper experiment is one small file. Override values are parsed as YAML, 
 from __future__ import annotations
 
 import copy
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,11 @@ import yaml
 
 from sarmae.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(str(resources.files("sarmae") / "configs"))  # shipped as package data
 
 
 def resolve_config_path(name: str | Path) -> Path:
-    """Find a config by path, or by name inside the project's ``configs/`` folder."""
+    """Find a config by path, or by name among the configs shipped inside the package."""
     path = Path(name)
     candidates = [path, CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml"]
     for candidate in candidates:

@@ -20,7 +20,10 @@ from sarmae.data.io import IntensityScaling
 from sarmae.data.robust import SkipBadSamples, collate_skip_bad
 from sarmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, mae_transforms
 from sarmae.data.unlabeled import UnlabeledImages
-from sarmae.engine.runs import (
+from sarmae.errors import CheckpointError, ConfigError, SarmaeError
+from sarmae.models.checkpoints import save_encoder_safetensors
+from sarmae.models.mae import MaskedAutoencoder, build_mae
+from sarmae.train.runs import (
     CsvMetrics,
     SavesRngState,
     build_trainer,
@@ -31,9 +34,6 @@ from sarmae.engine.runs import (
     resolve_resume,
     stop_dataloader_workers,
 )
-from sarmae.errors import CheckpointError, ConfigError, SarmaeError
-from sarmae.models.checkpoints import save_encoder_safetensors
-from sarmae.models.mae import MaskedAutoencoder, build_mae
 
 METRIC_COLUMNS = ["epoch", "step", "loss", "lr", "images_per_s"]
 
@@ -255,7 +255,7 @@ class ReconstructionFigures(Callback):
             return
         if epoch % self.every and epoch != trainer.max_epochs:
             return
-        from sarmae.engine.reconstruct import save_reconstruction_figure
+        from sarmae.infer.reconstruct import save_reconstruction_figure
 
         save_reconstruction_figure(
             pl_module.model,

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from sarmae.config import load_config
 from sarmae.data.synth import write_dataset
-from sarmae.engine.table import Row, row_marker, run_pretrain_step, run_row, write_table
+from sarmae.experiments.table import Row, row_marker, run_pretrain_step, run_row, write_table
 
 
 def cache_dir() -> Path:
@@ -138,7 +138,7 @@ def run_side_by_side(jobs: list[tuple]) -> list[dict]:
 
 def _collect_figures(out: Path, rows: list[Row], root: Path) -> None:
     """Figure 2 (reconstructions of val images) from the pre-training run, Figure 3 (detections) from the last row."""
-    from sarmae.engine.reconstruct import reconstruct
+    from sarmae.infer.reconstruct import reconstruct
 
     ckpt = out / "pretrain" / "weights" / "last.ckpt"
     if ckpt.is_file():

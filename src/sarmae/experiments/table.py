@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sarmae.config import load_config, set_dotted
-from sarmae.engine.metrics import TABLE_COLUMNS, format_table
+from sarmae.infer.metrics import TABLE_COLUMNS, format_table
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def run_pretrain_step(config: str, overrides: list[str], out: Path) -> Path:
     if encoder.is_file():
         print(f"pre-training: done earlier ({encoder})")
         return encoder
-    from sarmae.engine.pretrain import run_pretrain
+    from sarmae.train.pretrain import run_pretrain
 
     cfg = load_config(config, overrides)
     set_dotted(cfg, "out", str(out))
@@ -53,8 +53,8 @@ def run_row(row: Row, seed: int, config: str, overrides: list[str], data_root: P
     if marker.is_file():
         print(f"{row.label} (seed {seed}): done earlier ({marker})")
         return json.loads(marker.read_text())
-    from sarmae.engine.evaluate import evaluate_checkpoint
-    from sarmae.engine.finetune import run_finetune
+    from sarmae.infer.evaluate import evaluate_checkpoint
+    from sarmae.train.finetune import run_finetune
 
     cfg = load_config(config, overrides)
     for key, value in (("out", str(out)), ("resume", "auto"), ("seed", seed), ("init", row.init),

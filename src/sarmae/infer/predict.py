@@ -5,7 +5,7 @@ the original image's pixels, category ids of the training dataset, ``image_id`` 
 input list) and one rendered PNG per image. An unreadable image is skipped with a message; the run goes on.
 
 Large inputs (a side over 1.5 training sizes, or any georeferenced raster) go through sliced inference
-(:mod:`sarmae.engine.sliced`) instead of being shrunk to the training size: their detections join
+(:mod:`sarmae.infer.sliced`) instead of being shrunk to the training size: their detections join
 ``predictions.json`` and each also gets ``STEM.detections.{json,csv,geojson}``, ``STEM.preview.png`` and
 ``STEM.summary.json``. ``sliced="always"`` / ``"never"`` overrides the choice.
 """
@@ -22,9 +22,9 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from sarmae.data.io import IMAGE_EXTENSIONS, IntensityScaling, read_image
-from sarmae.engine.detector_io import load_detector, pick_device
-from sarmae.engine.sliced import check_options, is_large, predict_scene
 from sarmae.errors import ConfigError, DataError
+from sarmae.infer.detector_io import load_detector, pick_device
+from sarmae.infer.sliced import check_options, is_large, predict_scene
 
 SLICED = ("auto", "always", "never")
 
@@ -104,7 +104,7 @@ def predict(
 
     ``scaling`` (default: the checkpoint's ``data.scaling``) maps 16-bit / float / dB pixels to [0, 1];
     ``tile_size`` defaults to the model's training size. The slicing options are those of
-    :func:`sarmae.engine.sliced.predict_scene`.
+    :func:`sarmae.infer.sliced.predict_scene`.
     """
     if sliced not in SLICED:
         raise ConfigError(f"--sliced {sliced}: use one of {', '.join(SLICED)}")

@@ -15,9 +15,9 @@ import torch
 
 from sarmae.config import load_config
 from sarmae.data.coco import load_coco_json
-from sarmae.engine.table import Row, row_marker, run_pretrain_step, run_row, write_table
-from sarmae.engine.throughput import detection_speed, pretrain_speed
 from sarmae.errors import ConfigError
+from sarmae.experiments.table import Row, row_marker, run_pretrain_step, run_row, write_table
+from sarmae.experiments.throughput import detection_speed, pretrain_speed
 
 PRETRAIN_CONFIG = "mae_vitb16_sardet100k"
 FINETUNE_CONFIG = "vitdet_b_sardet100k"

@@ -33,7 +33,7 @@ def load_detector(path: Path):
 
     The file is memory-mapped, so the optimiser state of a large checkpoint is never read into RAM.
     """
-    from sarmae.engine.finetune import ViTDetFinetuning
+    from sarmae.train.finetune import ViTDetFinetuning
 
     path = Path(path)
     if not path.is_file():

@@ -24,8 +24,11 @@ from sarmae.data.coco import CocoDetection
 from sarmae.data.io import IntensityScaling
 from sarmae.data.robust import SkipBadSamples, collate_detection
 from sarmae.data.transforms import detection_transforms
-from sarmae.engine.metrics import TABLE_COLUMNS, coco_metrics, detections_to_coco, format_table, gather_results
-from sarmae.engine.runs import (
+from sarmae.errors import CheckpointError, ConfigError, DataError, SarmaeError
+from sarmae.infer.metrics import TABLE_COLUMNS, coco_metrics, detections_to_coco, format_table, gather_results
+from sarmae.models.checkpoints import load_encoder_weights
+from sarmae.models.vitdet import build_detector, param_groups
+from sarmae.train.runs import (
     CsvMetrics,
     SavesRngState,
     build_trainer,
@@ -34,9 +37,6 @@ from sarmae.engine.runs import (
     read_checkpoint_header,
     resolve_resume,
 )
-from sarmae.errors import CheckpointError, ConfigError, DataError, SarmaeError
-from sarmae.models.checkpoints import load_encoder_weights
-from sarmae.models.vitdet import build_detector, param_groups
 
 TABLE_KEYS = TABLE_COLUMNS  # mAP, AP50, AP75, mAP_s, mAP_m, mAP_l
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")

@@ -18,11 +18,11 @@ from PIL import Image
 
 from sarmae.data.coco import CocoDetection
 from sarmae.data.io import IntensityScaling
-from sarmae.engine.detector_io import load_detector, pick_device
-from sarmae.engine.finetune import class_info, detection_loader
-from sarmae.engine.metrics import format_table
-from sarmae.engine.predict import draw_boxes
 from sarmae.errors import ConfigError, DataError
+from sarmae.infer.detector_io import load_detector, pick_device
+from sarmae.infer.metrics import format_table
+from sarmae.infer.predict import draw_boxes
+from sarmae.train.finetune import class_info, detection_loader
 
 
 def json_safe(obj: Any) -> Any:

@@ -492,13 +492,13 @@ def predict_scene(
 ) -> dict:
     """Detect objects on a large scene and write COCO JSON, CSV, GeoJSON and a preview PNG into ``out_dir``.
 
-    ``module``: a loaded detector (:func:`sarmae.engine.detector_io.load_detector`) or a checkpoint path.
+    ``module``: a loaded detector (:func:`sarmae.infer.detector_io.load_detector`) or a checkpoint path.
     ``scaling`` defaults to the checkpoint's ``data.scaling``; ``tile_size`` to ``model.img_size``. Returns
     a summary dict (scene size, tiles, detections per class, timing, scaling bounds, output paths), also
     written to ``STEM.summary.json``.
     """
-    from sarmae.engine.detector_io import load_detector, pick_device
-    from sarmae.engine.geo import write_outputs
+    from sarmae.infer.detector_io import load_detector, pick_device
+    from sarmae.infer.geo import write_outputs
 
     if isinstance(module, (str, Path)):
         module = load_detector(Path(module))

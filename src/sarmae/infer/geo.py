@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sarmae.data.scene import Georef, Scene
-from sarmae.engine.sliced import Detections
+from sarmae.infer.sliced import Detections
 
 
 def pixel_to_lonlat(georef: Georef, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,1 @@
+"""Experiments: Table 1 rows, the CPU demo, the full reproduction, throughput and frozen-feature probes."""

@@ -1,0 +1,1 @@
+"""Inference: loading a detector, predicting chips and large scenes, geo outputs, COCO evaluation."""

@@ -1,0 +1,1 @@
+"""Training: MAE pre-training and ViTDet fine-tuning on one run-folder skeleton (Lightning)."""
