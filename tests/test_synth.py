@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import numpy as np
@@ -10,7 +11,19 @@ import pytest
 from PIL import Image
 
 from sarmae.data.coco import SARDET_CLASSES
-from sarmae.data.synth import generate_image, image_rng, write_dataset
+from sarmae.data.synth import (
+    CAR,
+    LAND,
+    MANIFEST,
+    TANK,
+    _Canvas,
+    _oil_tank,
+    _resize,
+    generate_image,
+    image_rng,
+    native_side,
+    write_dataset,
+)
 from sarmae.errors import ConfigError, DataError
 
 SIZE = 256
@@ -149,3 +162,152 @@ def test_bad_parameters_raise_config_error(tmp_path):
     with pytest.raises(ConfigError, match="train"):
         write_dataset(tmp_path / "x", train=-1, val=0, test=0, unlabeled=0, size=64)
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------------------------- zoom
+def test_zoom_one_is_the_native_rendering(tmp_path):
+    ref_img, ref_lab = generate_image(np.random.default_rng(5), 128)
+    for zoom in (1, 1.0):
+        img, lab = generate_image(np.random.default_rng(5), 128, zoom=zoom)
+        assert np.array_equal(img, ref_img) and lab == ref_lab
+    kw = dict(train=2, val=1, test=0, unlabeled=1, size=48, seed=2)
+    write_dataset(tmp_path / "default", **kw)
+    write_dataset(tmp_path / "zoom1", zoom=1.0, **kw)
+    files = sorted(p.relative_to(tmp_path / "default") for p in (tmp_path / "default").rglob("*") if p.is_file())
+    for rel in files:
+        assert (tmp_path / "default" / rel).read_bytes() == (tmp_path / "zoom1" / rel).read_bytes(), rel
+    assert json.loads((tmp_path / "default" / MANIFEST).read_text())["params"]["zoom"] == 1.0
+
+
+def test_zoom_magnifies_the_same_native_scene():
+    """(rng, 64 px) and (same rng, 128 px, zoom 2) are one scene: boxes exactly 2x, images alike at 64 px."""
+    for i in range(8):
+        native, native_labels = generate_image(image_rng(0, "train", i), 64)
+        zoomed, zoomed_labels = generate_image(image_rng(0, "train", i), 128, zoom=2)
+        assert zoomed.shape == (128, 128) and zoomed.dtype == np.uint8
+        assert zoomed_labels == [(cat, tuple(2.0 * v for v in box)) for cat, box in native_labels]
+        assert all(isinstance(v, float) for _, box in zoomed_labels for v in box)
+        down = zoomed.astype(np.float32).reshape(64, 2, 64, 2).mean(axis=(1, 3))
+        assert np.corrcoef(down.ravel(), native.astype(np.float32).ravel())[0, 1] > 0.85, i
+
+        def neighbour_corr(img):
+            x = img.astype(np.float32)
+            return np.corrcoef(x[:, 1:].ravel(), x[:, :-1].ravel())[0, 1]
+
+        assert neighbour_corr(zoomed) > neighbour_corr(native)  # the resize correlates the speckle
+
+
+def test_resize_is_bilinear_with_aligned_pixel_centres():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).gamma(1.0, 1.0, (34, 34)).astype(np.float32)
+    for size in (68, 100):
+        ref = torch.nn.functional.interpolate(torch.from_numpy(x)[None, None], size=(size, size), mode="bilinear",
+                                              align_corners=False)[0, 0].numpy()
+        np.testing.assert_allclose(_resize(x, size), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size,zoom", [(100, 3.0), (96, 1.7), (64, 2.5), (40, 1.3)])
+def test_zoomed_boxes_are_exact_and_inside(size, zoom):
+    n = native_side(size, zoom)
+    assert n == math.ceil(size / zoom) < size
+    touching = 0
+    for i in range(12):
+        _, labels = generate_image(image_rng(1, "val", i), size, zoom=zoom)
+        if n >= 32:  # the native render of the same scene, through the public API
+            _, native_labels = generate_image(image_rng(1, "val", i), n)
+            assert [cat for cat, _ in labels] == [cat for cat, _ in native_labels]
+            for (_, box), (_, nbox) in zip(labels, native_labels, strict=True):
+                for v, nv in zip(box, nbox, strict=True):
+                    assert v == pytest.approx(nv * size / n, rel=1e-12, abs=1e-12)
+        for _, (x, y, w, h) in labels:
+            assert x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= size and y + h <= size
+            touching += (x + w == pytest.approx(size)) or (y + h == pytest.approx(size))
+    assert touching  # boxes that reach the border stay inside it
+
+
+def test_tiny_zoom_renders_natively():
+    """A zoom that does not change the native side (ceil(33 / 1.01) == 33) resizes nothing: integer boxes."""
+    img, labels = generate_image(np.random.default_rng(3), 33, zoom=1.01)
+    ref_img, ref_labels = generate_image(np.random.default_rng(3), 33)
+    assert np.array_equal(img, ref_img) and labels == ref_labels
+
+
+def test_zoom_in_the_dataset_manifest_and_coco_boxes(tmp_path):
+    out = tmp_path / "z"
+    kw = dict(train=3, val=0, test=0, unlabeled=0, size=64, seed=5)
+    summary = write_dataset(out, zoom=2.5, **kw)
+    assert "zoom 2.5" in str(summary)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["params"]["zoom"] == 2.5 and manifest["version"] >= 2
+    data = json.loads((out / "Annotations/train.json").read_text())
+    expected = [box for i in range(3) for _, box in generate_image(image_rng(5, "train", i), 64, zoom=2.5)[1]]
+    assert [tuple(a["bbox"]) for a in data["annotations"]] == expected
+    for ann in data["annotations"]:
+        x, y, w, h = ann["bbox"]
+        assert x + w <= 64 and y + h <= 64 and ann["area"] == w * h
+    assert write_dataset(out, zoom=2.5, **kw).reused
+    with pytest.raises(DataError, match="not empty"):  # a cached dataset of another zoom is not reused
+        write_dataset(out, zoom=2.0, **kw)
+    with pytest.raises(DataError, match="not empty"):
+        write_dataset(out, **kw)
+
+
+@pytest.mark.parametrize("zoom", [0.5, 0, -2.0, float("nan"), float("inf"), "2", True, None, 5.0])
+def test_bad_zoom_is_a_one_line_config_error(tmp_path, zoom):
+    with pytest.raises(ConfigError, match="--zoom") as info:
+        write_dataset(tmp_path / "x", train=1, val=0, test=0, unlabeled=0, size=64, zoom=zoom)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="--zoom"):
+        generate_image(np.random.default_rng(0), 64, zoom=zoom)
+
+
+def test_cli_zoom(tmp_path, capsys):
+    from sarmae.cli import main
+
+    out = tmp_path / "cli"
+    args = ["--train", "1", "--val", "0", "--test", "0", "--unlabeled", "0", "--size", "48", "--zoom", "1.5"]
+    assert main(["data", "synth", str(out), *args]) == 0
+    assert "zoom 1.5" in capsys.readouterr().out
+    assert json.loads((out / MANIFEST).read_text())["params"]["zoom"] == 1.5
+
+
+# ---------------------------------------------------------------------------------------- oil tanks
+@pytest.mark.parametrize("floating", [True, False])
+def test_oil_tank_is_a_round_bright_ring_with_a_shadow(floating):
+    for k, look in enumerate((0.0, math.pi / 2, math.pi, 3 * math.pi / 2)):
+        cv = _Canvas(64, res=1.0, db=np.full((64, 64), -10.0, np.float32), region=np.full((64, 64), LAND, np.uint8))
+        box = _oil_tank(np.random.default_rng(k), cv, 32.0, 32.0, look, 16.0, floating)
+        assert box is not None and cv.labels == [(TANK, box)]
+        x, y, w, h = box
+        assert 16 <= min(w, h) and max(w, h) <= 16 + 0.35 * 8 + 2 and max(w, h) / min(w, h) < 1.25
+        # radial profile of the noise-free tank about its box centre: a bright rim, a darker roof, nothing outside
+        yy, xx = np.mgrid[0:64, 0:64] + 0.5
+        d = np.hypot(xx - (x + w / 2), yy - (y + h / 2))
+        body = cv.bodies
+        rim, roof, outside = body[(d > 5.5) & (d < 8)].mean(), body[d < 4].mean(), body[d > 13].mean()
+        assert rim > (2.5 if floating else 1.0) * roof and outside < 0.01 * rim  # fixed roofs: a bright disk
+        # the radar shadow darkens the ground on the far side only (look direction = +u)
+        far = (int(32 + 10 * math.sin(look)), int(32 + 10 * math.cos(look)))
+        near = (int(32 - 10 * math.sin(look)), int(32 - 10 * math.cos(look)))
+        assert cv.db[far] < -15 and cv.db[near] == -10
+
+
+def test_tanks_in_generated_images_are_round_and_larger_than_cars():
+    tanks, car_sides, ring_minus_centre = [], [], []
+    yy, xx = np.mgrid[0:128, 0:128] + 0.5
+    for i in range(80):
+        img, labels = generate_image(image_rng(0, "train", i), 128)
+        pix = img.astype(np.float32)
+        for cat, (x, y, w, h) in labels:
+            if cat == CAR:
+                car_sides.append(max(w, h))
+            if cat != TANK or min(x, y) == 0 or max(x + w, y + h) == 128:  # skip tanks cut by the border
+                continue
+            tanks.append((w, h))
+            d, r = np.hypot(xx - (x + w / 2), yy - (y + h / 2)), min(w, h) / 2
+            ring_minus_centre.append(pix[(d > r - 2.5) & (d < r)].mean() - pix[d < r / 2].mean())
+    assert len(tanks) >= 20 and car_sides
+    assert all(max(w, h) / min(w, h) <= 1.3 for w, h in tanks)
+    assert np.median([max(t) for t in tanks]) >= 1.5 * np.median(car_sides)
+    assert np.mean(ring_minus_centre) > 8 and np.mean(np.array(ring_minus_centre) > 0) > 0.75

@@ -3,6 +3,10 @@
 Real SAR archives cannot be downloaded here, so tests, the demo and CPU smoke runs use this generator.
 It is meant to be worth learning, not a toy: six categories with distinct radar signatures, three clutter
 types, multiplicative speckle, random contrast, orientation and size, small objects and empty scenes.
+"tank" is drawn as in SARDet-100K's sources (OGSOD, MSAR), where it mostly means oil storage tanks: farms of
+round tanks of one diameter (8-24 px) in rows on a pad, on land near towns and coasts, each a bright ring
+(laid-over rim, near-range double-bounce arc, dark floating roof or brighter fixed roof) with a radar shadow
+on its far side.
 
 Rendering model (linear intensity, per pixel)::
 
@@ -26,6 +30,17 @@ Boxes are read off the rendering: an object's box is the tight box of the pixels
 intensity (body + its point responses) reaches half its nominal body level, clipped to the image. Objects
 whose support overlaps an earlier one, or that keep less than 2x2 visible pixels, are not drawn at all.
 
+Scale (``zoom`` >= 1, default 1): SARDet-100K chips (mostly 224-512 px) are resized up to the detector's
+800x800 input, so at the model's input an object spans ~1.6-3.6x more pixels than in the archive and the
+speckle is spatially correlated (one native pixel covers several input pixels). ``zoom`` reproduces this:
+the scene is rendered exactly as above at its native side ``n = ceil(size / zoom)`` (same objects, same
+speckle per native pixel), then the final linear intensity is resized bilinearly (pixel centres aligned,
+like ``torch.nn.functional.interpolate(..., align_corners=False)``) to ``size`` x ``size`` before the 8-bit
+mapping, and every box is scaled by ``size / n`` (fractional boxes, still exact and inside the image).
+Object counts follow the native area, as a magnified chip shows less ground. At zoom 1 nothing is resized
+and boxes are integer pixels; the random draws depend only on ``n``, so ``(rng, 64 px)`` and
+``(same rng, 128 px, zoom 2)`` show one scene.
+
 Determinism: image ``i`` of split ``s`` uses ``np.random.default_rng([seed, code(s), i])``, so the same seed
 gives byte-identical files, and asking for more images leaves the first ones unchanged.
 """
@@ -34,6 +49,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import time
 from collections import Counter
@@ -58,13 +74,15 @@ SPLIT_CODES = {name: i for i, name in enumerate(SPLITS)}
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000, "unlabeled": 3_000_000}
 MAX_PER_SPLIT = 999_999
 MIN_SIZE, MAX_SIZE = 32, 4096
+MIN_NATIVE = 16  # smallest native scene a zoomed chip may show
 MANIFEST = "synth.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: oil-tank farms replace military tanks; zoom
 EMPTY_SCENE_PROB = 0.07
 SCENES = ("sea", "coast", "river", "airfield", "rural", "urban")
 SCENE_PROBS = (0.20, 0.20, 0.17, 0.16, 0.17, 0.10)
 
 Box = tuple[int, int, int, int]  # x, y, w, h in pixels
+FloatBox = tuple[float, float, float, float]  # the same, of a zoomed chip
 ShapeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -396,24 +414,6 @@ def _car(rng: np.random.Generator, cv: _Canvas, cx: float, cy: float, theta: flo
     return cv.stamp(CAR, cx, cy, theta, hl + 1, lambda u, v: _box(u, v, hl, hw), rng.uniform(-4, 5), scat)
 
 
-def _tank(rng: np.random.Generator, cv: _Canvas, cx: float, cy: float, theta: float) -> Box | None:
-    length = rng.uniform(7, 13)
-    hl, hw = length / 2, length * rng.uniform(0.27, 0.35)
-    tu, tr = -0.1 * length, hw * 0.8
-    alpha = rng.normal(0, 0.4) if rng.random() < 0.7 else rng.uniform(-math.pi, math.pi)
-    blen = rng.uniform(0.6, 0.9) * length
-    ca, sa = math.cos(alpha), math.sin(alpha)
-
-    def shape(u, v):
-        ub, vb = (u - tu) * ca + v * sa, -(u - tu) * sa + v * ca
-        barrel = _cover(ub - blen / 2, blen / 2) * _cover(vb, 0.45)
-        return np.maximum(np.maximum(_box(u, v, hl, hw), 1.6 * _disk(u - tu, v, tr)), 1.5 * barrel)
-
-    scat = [(rng.uniform(-hl, hl) * 0.7, rng.uniform(-hw, hw) * 0.7, rng.uniform(2, 8))
-            for _ in range(int(rng.integers(1, 4)))]
-    return cv.stamp(TANK, cx, cy, theta, hl + blen + 1, shape, rng.uniform(-1, 6), scat)
-
-
 def _bridge(rng: np.random.Generator, cv: _Canvas, cx: float, cy: float, theta: float, length: float
             ) -> Box | None:
     hl, hw = length / 2, rng.uniform(1.2, 3.5)
@@ -509,16 +509,102 @@ def _add_cars_on_road(rng: np.random.Generator, cv: _Canvas, road: _Line, count:
         _car(rng, cv, x, y, road.tangent(t) + rng.normal(0, 0.05))
 
 
-def _add_tanks(rng: np.random.Generator, cv: _Canvas) -> None:
-    """A loose group of tanks in open terrain, roughly sharing a heading."""
-    pos = cv.sample(rng, (LAND,))
+def _oil_tank(rng: np.random.Generator, cv: _Canvas, cx: float, cy: float, look: float, diameter: float,
+              floating: bool) -> Box | None:
+    """One oil storage tank (a vertical cylinder) seen by a radar looking along ``look``.
+
+    In the object frame ``u`` is ground range (away from the radar) and ``v`` azimuth. The top rim is laid
+    over towards the radar by ``lay`` (height / tan(incidence)), so the near wall shows as a bright band
+    between the base and top circles; the wall foot and the ground make a bright double-bounce arc on the
+    near side of the base circle, with a glint where it faces the radar; the ground behind the tank (far
+    side) is in radar shadow. Floating roofs are smooth and dark, with a bright crescent where the roof meets
+    the inner far wall; fixed (cone or dome) roofs are moderately bright with a glint at the apex. The rim
+    is bright all round (>= half the body level), so the tank reads as a ring.
+
+    The box is the tank's own circular extent (base circle united with the laid-over top circle). The shadow
+    is not part of it: it is ground that returns no echo, and annotators of SAR tank farms (OGSOD, MSAR) box
+    the bright structure.
+    """
+    r = diameter / 2
+    lay = r * rng.uniform(0.1, 0.35)
+    rim_far, rim_near = rng.uniform(0.6, 0.9), rng.uniform(1.2, 2.2)
+    wall, bounce = rng.uniform(0.8, 1.5), rng.uniform(1.5, 3.5)
+    roof = rng.uniform(0.08, 0.3) if floating else rng.uniform(0.45, 0.8)
+    crescent = rng.uniform(0.8, 1.6)
+
+    def shape(u, v):
+        ut = u + lay  # the top circle is centred at u = -lay
+        rb, rt = np.sqrt(u * u + v * v), np.sqrt(ut * ut + v * v)
+        near_t = np.clip(-ut / np.maximum(rt, 1e-3), 0, 1)  # 1 on the radar-facing side of the top circle
+        near_b = np.clip(-u / np.maximum(rb, 1e-3), 0, 1)
+        out = roof * np.clip(r + 0.5 - rt, 0, 1)
+        out = np.maximum(out, np.clip(1.5 - np.abs(rt - (r - 1)), 0, 1) * (rim_far + (rim_near - rim_far) * near_t))
+        edge = np.sqrt(np.maximum(r * r - v * v, 0))  # the near wall spans u in [-edge - lay, -edge]
+        out = np.maximum(out, wall * _cover(v, r - 0.5) * _cover(u + edge + lay / 2, lay / 2))
+        out = np.maximum(out, bounce * near_b**2 * np.clip(1 - np.abs(rb - r), 0, 1))
+        if floating:
+            out = np.maximum(out, crescent * np.clip(ut / np.maximum(rt, 1e-3), 0, 1)
+                             * np.clip(1 - np.abs(rt - (r - 2.2)), 0, 1))
+        return out
+
+    scat = [(-r, 0.0, float(rng.uniform(2, 6)))] if rng.random() < 0.7 else []
+    if not floating:
+        scat.append((-lay, 0.0, float(rng.uniform(1, 4))))
+    if rng.random() < 0.4:  # stairs or a pipe on the rim
+        a = rng.uniform(0, 2 * math.pi)
+        scat.append((float((r - 1) * math.cos(a) - lay), float((r - 1) * math.sin(a)), float(rng.uniform(1, 3))))
+    box = cv.stamp(TANK, cx, cy, look, r + lay + 1, shape, rng.uniform(-5, 2), scat)
+    if box is not None:
+        shadow, depth = r * rng.uniform(0.3, 0.8), rng.uniform(8, 15)
+
+        def shade(u, v):
+            edge = np.sqrt(np.maximum(r * r - v * v, 0))  # shadow: u in [edge, edge + shadow] behind the tank
+            return -depth * _cover(v, r - 0.5) * _cover(u - edge - shadow / 2, shadow / 2)
+
+        cv.edit_db(cx, cy, look, r + shadow + 2, shade)
+    return box
+
+
+def _pad(cv: _Canvas, cx: float, cy: float, theta: float, hl: float, hw: float, level_db: float,
+         bund_db: float) -> None:
+    """A smooth ground pad (not over water) with an optional bright bund (containment wall) around it."""
+    p = cv._patch(cx, cy, theta, math.hypot(hl, hw) + 3)
+    if p is None:
+        return
+    sl, _, _, u, v = p
+    dry = cv.region[sl] != WATER
+    cover = _box(u, v, hl, hw) * dry
+    db = cv.db[sl]
+    smooth = np.float32(level_db) + 0.2 * (db - db.mean())
+    frame = (_box(u, v, hl + 1, hw + 1) - _box(u, v, hl, hw)) * dry
+    cv.db[sl] = (db * (1 - cover) + smooth * cover + bund_db * frame).astype(np.float32)
+    cv.region[sl][cover > 0.5] = PAVED
+
+
+def _add_tank_farm(rng: np.random.Generator, cv: _Canvas) -> None:
+    """A tank farm: rows of oil tanks of one diameter on a pad, on land (industrial, urban or coastal)."""
+    pos = cv.sample(rng, (LAND, URBAN))
     if pos is None:
         return
-    heading, spread = rng.uniform(0, 2 * math.pi), rng.uniform(12, 35)
-    for _ in range(int(rng.integers(1, 6))):
-        x, y = pos[0] + rng.normal(0, spread), pos[1] + rng.normal(0, spread)
-        if cv.region_at(x, y) == LAND:
-            _tank(rng, cv, x, y, heading + rng.normal(0, 0.4))
+    look = float(rng.integers(4)) * math.pi / 2  # range runs along an image axis, radar on any side
+    hi = min(24.0, max(8.0, 0.3 * cv.size))
+    diameter = math.exp(rng.uniform(math.log(8.0), math.log(hi)))
+    rows, cols = 1 + int(rng.random() < 0.5), int(rng.integers(2, 6))
+    pitch = diameter * rng.uniform(1.3, 1.7)
+    theta = rng.uniform(0, math.pi)
+    floating_share = 0.8 if rng.random() < 0.65 else 0.15  # farms are mostly of one roof type
+    margin = rng.uniform(2, 8)
+    _pad(cv, pos[0], pos[1], theta, rows * pitch / 2 + margin, cols * pitch / 2 + margin,
+         rng.uniform(-19, -12), rng.uniform(3, 8) if rng.random() < 0.6 else 0.0)
+    c, s = math.cos(theta), math.sin(theta)
+    for i in range(rows):
+        for k in range(cols):
+            u = (i - (rows - 1) / 2) * pitch + rng.normal(0, 0.3)
+            v = (k - (cols - 1) / 2) * pitch + rng.normal(0, 0.3)
+            x, y = pos[0] + u * c - v * s, pos[1] + u * s + v * c
+            if rng.random() < 0.1 or cv.region_at(x, y) != PAVED:  # an empty slot, water or off the image
+                continue
+            _oil_tank(rng, cv, x, y, look, diameter * rng.uniform(0.93, 1.07), bool(rng.random() < floating_share))
 
 
 def _n(rng: np.random.Generator, mean: float, area: float) -> int:
@@ -560,6 +646,8 @@ def _scene_coast(rng, cv: _Canvas, area: float, objects: bool) -> None:
     _add_ships(rng, cv, _n(rng, 1.5, area))
     if rng.random() < 0.2:
         _add_car_lot(rng, cv)
+    if rng.random() < 0.25:  # coastal refinery / oil terminal
+        _add_tank_farm(rng, cv)
 
 
 def _scene_river(rng, cv: _Canvas, area: float, objects: bool) -> None:
@@ -646,8 +734,8 @@ def _scene_rural(rng, cv: _Canvas, area: float, objects: bool) -> None:
     if not objects:
         return
     for _ in range(1 + int(rng.random() < 0.5 * area)):
-        if rng.random() < 0.65:
-            _add_tanks(rng, cv)
+        if rng.random() < 0.5:
+            _add_tank_farm(rng, cv)
         else:
             _add_car_lot(rng, cv)
     for road in roads:
@@ -668,8 +756,8 @@ def _scene_urban(rng, cv: _Canvas, area: float, objects: bool) -> None:
         _add_cars_on_road(rng, cv, road, int(rng.integers(0, 5)))
     if rng.random() < 0.6:
         _add_car_lot(rng, cv)
-    if rng.random() < 0.1:
-        _add_tanks(rng, cv)
+    if rng.random() < 0.25:  # industrial tank farm
+        _add_tank_farm(rng, cv)
 
 
 _SCENE_FNS = {
@@ -678,15 +766,65 @@ _SCENE_FNS = {
 }
 
 
-def generate_image(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, list[tuple[int, Box]]]:
+def native_side(size: int, zoom: float = 1.0) -> int:
+    """Side of the native scene rendered for a ``size`` chip at ``zoom``: ``ceil(size / zoom)``.
+
+    Raises ``ConfigError`` for a zoom that is not a finite number >= 1 or that leaves under
+    ``MIN_NATIVE`` native pixels.
+    """
+    if isinstance(zoom, bool) or not isinstance(zoom, numbers.Real) or not math.isfinite(zoom) or zoom < 1:
+        raise ConfigError(f"--zoom={zoom!r}: the zoom must be a finite number >= 1 (1 = native scale)")
+    n = math.ceil(size / zoom)
+    if n < MIN_NATIVE:
+        raise ConfigError(f"--zoom={zoom!r}: a {size}-px chip would show only {n} native pixels; "
+                          f"use a zoom <= {size / MIN_NATIVE:g} for this size")
+    return n
+
+
+@lru_cache(maxsize=8)
+def _bilinear_taps(n: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of a bilinear n -> size resize, pixel centres aligned
+    (``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``)."""
+    src = np.maximum((np.arange(size) + 0.5) * (n / size) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.intp), n - 1)
+    i1 = np.minimum(i0 + 1, n - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of a square float32 image to (size, size)."""
+    i0, i1, w = _bilinear_taps(image.shape[0], size)
+    rows = image[i0] * (1 - w)[:, None] + image[i1] * w[:, None]
+    return rows[:, i0] * (1 - w)[None, :] + rows[:, i1] * w[None, :]
+
+
+def _scale_box(box: Box, size: int, n: int) -> FloatBox:
+    """A native box scaled by ``size / n``, each value correctly rounded, nudged to stay inside the image."""
+    x, y, w, h = box
+    fx, fy, fw, fh = x * size / n, y * size / n, w * size / n, h * size / n
+    while fx + fw > size:
+        fw = math.nextafter(fw, 0.0)
+    while fy + fh > size:
+        fh = math.nextafter(fh, 0.0)
+    return fx, fy, fw, fh
+
+
+def generate_image(
+    rng: np.random.Generator, size: int = 256, zoom: float = 1.0,
+) -> tuple[np.ndarray, list[tuple[int, Box | FloatBox]]]:
     """Render one synthetic SAR chip.
 
-    Returns ``(image uint8 (size, size), [(category_id 0..5, (x, y, w, h)), ...])``; boxes are integer
-    pixels, inside the image, with ``w, h >= 2``; about 7 % of the images have no object.
+    Returns ``(image uint8 (size, size), [(category_id 0..5, (x, y, w, h)), ...])``; boxes lie inside the
+    image; about 7 % of the images have no object (more at a high zoom, whose native scene is small).
+    At zoom 1 (more exactly, whenever the native side ``ceil(size / zoom)`` equals ``size``) nothing is
+    resized and boxes are integer pixels with ``w, h >= 2``; otherwise the native scene is resized up and
+    boxes are floats, the native ones times ``size / native_side(size, zoom)``. The random draws depend on
+    the native side only, so ``(rng, size=64)`` and ``(same rng, size=128, zoom=2)`` show the same scene.
     """
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ConfigError(f"synthetic image size {size}: use {MIN_SIZE}..{MAX_SIZE} pixels")
-    s = int(size)
+    size = int(size)
+    s = native_side(size, zoom)
     cv = _Canvas(s, res=float(rng.uniform(0.8, 1.6)), db=np.zeros((s, s), np.float32),
                  region=np.zeros((s, s), np.uint8))
     scene = SCENES[int(rng.choice(len(SCENES), p=SCENE_PROBS))]
@@ -700,10 +838,14 @@ def generate_image(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarra
     clutter = _lin(cv.db.astype(np.float32)) + np.float32(_lin(rng.uniform(-30, -25)))
     speckle = rng.standard_gamma(looks, (s, s), dtype=np.float32) * np.float32(1.0 / looks)
     intensity = (clutter + cv.bodies) * speckle + cv.points
+    if s != size:  # magnify the final intensity, as a detector resizes a chip: speckle becomes correlated
+        intensity = _resize(intensity, size)
     gain, lo, hi = rng.uniform(-3, 3), rng.uniform(-31, -25), rng.uniform(4, 12)
     db = 10.0 * np.log10(np.maximum(intensity, 1e-12)) + np.float32(gain - lo)
     image = np.clip(db * np.float32(255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
-    return image, list(cv.labels)
+    if s == size:
+        return image, list(cv.labels)
+    return image, [(cat, _scale_box(box, size, s)) for cat, box in cv.labels]
 
 
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -734,7 +876,8 @@ class SynthSummary:
         parts = [f"{k} {self.images[k]} images" + (f" / {self.instances[k]} objects" if k != "unlabeled" else "")
                  for k in SPLITS if self.images.get(k)]
         cats = ", ".join(f"{k} {v}" for k, v in self.per_category.items())
-        head = (f"synthetic SAR dataset at {self.root} ({p['size']}x{p['size']}, seed {p['seed']}): "
+        zoom = f", zoom {p['zoom']:g}" if p.get("zoom", 1.0) != 1.0 else ""
+        head = (f"synthetic SAR dataset at {self.root} ({p['size']}x{p['size']}{zoom}, seed {p['seed']}): "
                 + ("; ".join(parts) or "no images"))
         if self.reused:
             return head + f"\nobjects per category: {cats}\nalready up to date ({MANIFEST} matches); nothing written"
@@ -752,6 +895,7 @@ def _check_params(params: dict) -> None:
         raise ConfigError(f"--size={params['size']!r}: use {MIN_SIZE}..{MAX_SIZE} pixels")
     if not isinstance(params["seed"], int) or params["seed"] < 0:
         raise ConfigError(f"--seed={params['seed']!r}: the seed must be a non-negative integer")
+    native_side(params["size"], params["zoom"])  # raises ConfigError for a bad zoom
 
 
 def _read_manifest(out: Path) -> dict | None:
@@ -782,18 +926,22 @@ def _write_json(path: Path, data: dict) -> None:
 
 def write_dataset(
     out: str | Path, train: int = 400, val: int = 100, test: int = 100, unlabeled: int = 1000,
-    size: int = 256, seed: int = 0, progress: bool | None = None,
+    size: int = 256, seed: int = 0, progress: bool | None = None, zoom: float = 1.0,
 ) -> SynthSummary:
     """Write the synthetic benchmark to ``out`` in the SARDet-100K layout.
 
     ``out/Annotations/{train,val,test}.json``, ``out/JPEGImages/{split}/NNNNNNN.png`` (8-bit grayscale),
     ``out/Unlabeled/NNNNNNN.png`` and ``out/synth.json`` (parameters + counts). A folder that already holds
     exactly this generation is kept as it is; any other non-empty folder is refused (``DataError``).
-    ``progress`` None shows a tqdm bar for runs of 500+ images.
+    ``progress`` None shows a tqdm bar for runs of 500+ images. ``zoom`` (>= 1) magnifies the scene as a
+    detector's resize would (see the module docstring); it is part of the parameters that identify a
+    generation, and boxes of zoomed chips are fractional.
     """
     out = Path(out)
-    params = {"train": train, "val": val, "test": test, "unlabeled": unlabeled, "size": size, "seed": seed}
+    params = {"train": train, "val": val, "test": test, "unlabeled": unlabeled, "size": size, "seed": seed,
+              "zoom": zoom}
     _check_params(params)
+    params["zoom"] = float(zoom)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; choose another output folder")
     manifest = _read_manifest(out) if out.is_dir() else None
@@ -801,7 +949,8 @@ def write_dataset(
         same = manifest is not None and manifest.get("version") == GENERATOR_VERSION \
             and manifest.get("params") == params
         if not same:
-            what = (f"a synthetic dataset with {manifest.get('params')}" if manifest else "other files")
+            what = (f"a synthetic dataset of generator version {manifest.get('version')} with "
+                    f"{manifest.get('params')}" if manifest else "other files")
             raise DataError(f"{out}: folder is not empty (it holds {what}); choose an empty folder, delete it, "
                             "or repeat the exact same generation")
         if manifest.get("complete") and _files_present(out, params):
@@ -827,7 +976,7 @@ def write_dataset(
             folder.mkdir(parents=True, exist_ok=True)
             coco_images, coco_anns = [], []
             for i in range(params[split]):
-                image, labels = generate_image(image_rng(seed, split, i), size)
+                image, labels = generate_image(image_rng(seed, split, i), size, zoom)
                 number = file_number(split, i)
                 name = f"{number:07d}.png"
                 Image.fromarray(image).save(folder / name, compress_level=6)
