@@ -4,6 +4,8 @@ Attribute names are the reference ``models_mae.py`` names, so ``state_dict()`` a
 layout (``decoder_embed``, ``mask_token``, ``decoder_pos_embed``, ``decoder_blocks.N``, ``decoder_norm``,
 ``decoder_pred``) and ``encoder_state_dict()`` loads strictly into a timm ``VisionTransformer``.
 The encoder sees only the visible tokens (no dense mask tokens), which is what makes MAE cheap.
+What the decoder predicts is ``target`` (:mod:`sarmae.models.mae_targets`): pixels (the reference), pixels
+standardised per patch, or multi-scale SAR ratio gradients; only ``decoder_pred``'s width depends on it.
 """
 
 from __future__ import annotations
@@ -18,16 +20,18 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from sarmae.errors import ConfigError
+from sarmae.models.mae_targets import resolve_target, sar_gradient_target, standardize, target_dim
 from sarmae.models.vit import sincos_2d, vit_size
 
 DECODER_PREFIXES = ("decoder_", "mask_token")
 
 
 class MaskedAutoencoder(nn.Module):
-    """ViT encoder + lightweight ViT decoder that reconstructs the pixels of removed patches.
+    """ViT encoder + lightweight ViT decoder that predicts the ``target`` of removed patches.
 
     Defaults are the paper's setup: ViT-B encoder, 256-px input (L = 256 patches of 16 px), 3-block 512-d
-    decoder, mask ratio 0.75 (64 visible tokens).
+    decoder, mask ratio 0.75 (64 visible tokens), pixel target. ``target``: ``pixels``, ``norm_pixels`` or
+    ``gradients``; None = ``pixels``, or ``norm_pixels`` with the old switch ``norm_pix_loss=True``.
     """
 
     def __init__(
@@ -44,12 +48,14 @@ class MaskedAutoencoder(nn.Module):
         mlp_ratio: float = 4.0,
         norm_pix_loss: bool = False,
         mask_ratio: float = 0.75,
+        target: str | None = None,
     ) -> None:
         super().__init__()
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.embed_dim = embed_dim
-        self.norm_pix_loss = norm_pix_loss
+        self.target = resolve_target(target, norm_pix_loss)
+        self.norm_pix_loss = self.target == "norm_pixels"  # read by the reconstruction figure
         self.mask_ratio = mask_ratio
 
         # Encoder: names match timm's VisionTransformer.
@@ -72,7 +78,7 @@ class MaskedAutoencoder(nn.Module):
             for _ in range(decoder_depth)
         )
         self.decoder_norm = norm_layer(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans, bias=True)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, target_dim(self.target, patch_size, in_chans), bias=True)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -154,7 +160,7 @@ class MaskedAutoencoder(nn.Module):
         return self.norm(x), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """latent (N, 1+K, D), ids_restore (N, L) -> pixel predictions (N, L, p*p*C) for every patch."""
+        """latent (N, 1+K, D), ids_restore (N, L) -> predictions (N, L, D_target) for every patch."""
         x = self.decoder_embed(latent)
         n, length = ids_restore.shape
         masks = self.mask_token.to(x.dtype).expand(n, length + 1 - x.shape[1], -1)
@@ -166,17 +172,23 @@ class MaskedAutoencoder(nn.Module):
         x = self.decoder_pred(self.decoder_norm(x))
         return x[:, 1:]
 
-    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Per-patch pixel MSE averaged over removed patches only (all patches if none was removed).
+    def loss_target(self, imgs: torch.Tensor) -> torch.Tensor:
+        """imgs (N, C, H, W) -> float32 target (N, L, D_target) of every patch.
 
-        With ``norm_pix_loss`` each target patch is standardised by its own mean and unbiased variance.
+        ``pixels``: :meth:`patchify`; ``norm_pixels``: each patch standardised by its own mean and unbiased
+        variance; ``gradients``: :func:`~sarmae.models.mae_targets.sar_gradient_target`.
+        """
+        if self.target == "gradients":
+            return sar_gradient_target(imgs, self.patch_size)
+        target = self.patchify(imgs).float()
+        return standardize(target) if self.target == "norm_pixels" else target
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-patch MSE to :meth:`loss_target`, averaged over removed patches only (all if none was removed).
+
         Computed in float32 so bf16 autocast does not round the loss.
         """
-        target = self.patchify(imgs).float()
-        if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        target = self.loss_target(imgs)
         per_patch = ((pred.float() - target) ** 2).mean(dim=-1)
         weights = torch.where(mask.sum() > 0, mask, torch.ones_like(mask))
         return (per_patch * weights).sum() / weights.sum()
@@ -184,7 +196,7 @@ class MaskedAutoencoder(nn.Module):
     def forward(
         self, imgs: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """imgs (N, C, H, W) -> (loss scalar, pred (N, L, p*p*C), mask (N, L) with 1 = removed)."""
+        """imgs (N, C, H, W) -> (loss scalar, pred (N, L, D_target), mask (N, L) with 1 = removed)."""
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         latent, mask, ids_restore = self.forward_encoder(imgs, ratio, generator)
         pred = self.forward_decoder(latent, ids_restore)
@@ -233,5 +245,9 @@ def _check(kw: dict[str, Any]) -> None:
             raise ConfigError(
                 f"model.{dim_key}={kw[dim_key]} must be divisible by 4 and by model.{heads_key}={kw[heads_key]}"
             )
+    if kw["target"] == "gradients" and kw["in_chans"] != 3:
+        raise ConfigError(
+            f"model.target=gradients reads 3-channel (ImageNet-normalised) images, not in_chans={kw['in_chans']}"
+        )
     if not 0.0 <= kw["mask_ratio"] < 1.0:
         raise ConfigError(f"model.mask_ratio={kw['mask_ratio']} must be in [0, 1), e.g. 0.75")

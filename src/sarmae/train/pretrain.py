@@ -64,6 +64,7 @@ class MAEPretraining(SavesRngState, L.LightningModule):
         self.save_hyperparameters({"cfg": cfg})
         self.cfg = cfg
         self.model: MaskedAutoencoder = build_mae(cfg.get("model") or {})
+        check_target_normalisation(cfg, self.model)
         self.csv_rows: list[dict] = []
         self.peak_lr = 0.0
         self.effective_batch = 0
@@ -174,6 +175,18 @@ class MAEPretraining(SavesRngState, L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def check_target_normalisation(cfg: dict, model: MaskedAutoencoder) -> None:
+    """The ``gradients`` target undoes the ImageNet mean / std to get intensity: refuse other ``data.mean/std``."""
+    data = cfg.get("data") or {}
+    custom = [key for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD))
+              if data.get(key) is not None and tuple(float(v) for v in data[key]) != default]
+    if model.target == "gradients" and custom:
+        raise ConfigError(
+            f"model.target=gradients recovers intensity with the default (ImageNet) data.mean / data.std; drop "
+            f"data.{' and data.'.join(custom)} or use model.target=pixels"
+        )
 
 
 def peak_lr(ocfg: dict, effective_batch: int) -> float:
