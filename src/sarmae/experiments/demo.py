@@ -1,34 +1,36 @@
 """``sarmae demo``: the paper's Table 1 in miniature, end to end on the embedded synthetic SAR benchmark.
 
-1. generate (once, cached) a SARDet-100K-layout synthetic dataset with a large unlabeled pool;
-2. MAE pre-training of a tiny ViT on the unlabeled pool;
-3. ViTDet fine-tuning on the small labeled split from scratch and from the SAR-MAE encoder (plus an ImageNet
-   row when a checkpoint is given), identical budgets and seeds;
-4. COCO evaluation of each on val, the table, the reconstruction figure (Figure 2) and a detection figure
-   (Figure 3) in the run folder.
+1. generate (once, cached) a SARDet-100K-layout synthetic dataset with a large unlabeled pool, rendered at the
+   zoom that SARDet-100K chips get at the detector's input, and a pool of natural-photograph crops of the same
+   size (the stand-in for ImageNet);
+2. three MAE pre-trainings of the same tiny ViT with the same budget: natural images (pixel target), SAR
+   (pixel target, the paper's) and SAR (gradient target);
+3. ViTDet fine-tuning of every row (scratch, natural, SAR pixels, SAR gradients, plus ImageNet when a checkpoint
+   is given) with one recipe fixed in advance, for several seeds; val mAP after every few epochs (learning curves);
+4. COCO evaluation of each last checkpoint on val, the table with paired per-seed differences to scratch,
+   frozen-feature probes of the encoders, Figure 2 (reconstructions), Figure 3 (detections), the learning curves.
 
-On a CPU the fine-tuning runs go side by side, one process each with an equal share of the cores: a tiny
-model uses one core far better than two, so two rows at once finish ~1.5x sooner than one after the other. Each
-run logs to its own ``log.txt``; the demo shows one progress bar over all epochs.
+Pre-training and the scratch rows start side by side; each pre-trained row starts when its encoder is ready
+(:mod:`sarmae.experiments.jobs`). Every step is resumable: run the same command again after an interruption.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import csv
 import os
-import re
 import shutil
-import sys
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from tqdm import tqdm
-
 from sarmae.config import load_config
+from sarmae.data.natural import write_natural_pool
 from sarmae.data.synth import write_dataset
-from sarmae.experiments.table import Row, row_marker, run_pretrain_step, run_row, write_table
+from sarmae.errors import ConfigError
+from sarmae.experiments.jobs import Job, run_jobs
+from sarmae.experiments.table import Row, run_pretrain_step, run_row, write_table
+
+PROFILES = {"cpu": "demo/demo.yaml", "gpu": "demo/demo_gpu.yaml"}
+SCRATCH = "- (scratch)"
 
 
 def cache_dir() -> Path:
@@ -36,113 +38,136 @@ def cache_dir() -> Path:
 
 
 def demo_dataset(spec: dict) -> Path:
-    """The synthetic benchmark for ``spec`` (size, counts, seed), generated on first use and then reused."""
-    keys = ("size", "train", "val", "test", "unlabeled", "seed")
+    """The synthetic benchmark for ``spec`` (size, zoom, counts, seed), generated on first use and then reused."""
+    keys = ("size", "zoom", "train", "val", "test", "unlabeled", "seed")
     root = cache_dir() / ("synth_" + "_".join(f"{k}{spec[k]}" for k in keys))
-    print(str(write_dataset(root, **{k: int(spec[k]) for k in keys})))
+    params = {k: int(spec[k]) for k in keys if k != "zoom"}
+    print(str(write_dataset(root, zoom=float(spec["zoom"]), **params)))
     return root
+
+
+def natural_pool(spec: dict) -> Path:
+    """Crops of natural photographs, as many and as large as the SAR pool, generated on first use."""
+    count, size, seed = int(spec["unlabeled"]), int(spec["size"]), int(spec["seed"])
+    return write_natural_pool(cache_dir() / f"natural_{count}_{size}_{seed}", count, size, seed)
+
+
+def demo_plan(profile: str, overrides: list[str] | tuple[str, ...]) -> dict:
+    if profile not in PROFILES:
+        raise ConfigError(f"--profile {profile}: use one of {', '.join(PROFILES)}")
+    return load_config(PROFILES[profile], list(overrides))
 
 
 def run_demo(
     out: Path = Path("runs/demo"),
-    seeds: int = 1,
+    seeds: int | None = None,
     imagenet_weights: Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    profile: str = "cpu",
 ) -> dict:
     """Run the whole demo; ``overrides`` are ``demo.yaml`` keys, e.g. ``pretrain.overrides=[epochs=1]``."""
     start = time.perf_counter()
-    plan = load_config("demo/demo.yaml", list(overrides))
+    plan = demo_plan(profile, overrides)
+    seeds = int(plan["seeds"] if seeds is None else seeds)
+    if seeds < 1:
+        raise ConfigError(f"seeds={seeds}: need at least one seed")
     out = Path(out)
     root = demo_dataset(plan["data"])
+    pools = {"natural": natural_pool(plan["data"]), "sar": root / "Unlabeled"}
 
-    pre = plan["pretrain"]
-    pre_overrides = [f"data.images={root / 'Unlabeled'}", *pre.get("overrides", [])]
-    encoder = run_pretrain_step(pre["config"], pre_overrides, out / "pretrain")
+    pre, fin = plan["pretrain"], plan["finetune"]
+    pre_epochs = int(load_config(pre["config"], list(pre["overrides"])).get("epochs", 1))
+    fin_epochs = int(load_config(fin["config"], list(fin["overrides"])).get("epochs", 1))
+    encoders: dict[str, Path] = {}
+    jobs: list[Job] = []
+    for name, pool, target in (("natural", "natural", "pixels"), ("sar_pixels", "sar", "pixels"),
+                               ("sar_gradients", "sar", "gradients")):
+        run = out / f"pretrain_{name}"
+        encoders[name] = run / "encoder.safetensors"
+        jobs.append(Job(run_pretrain_step, {"config": pre["config"], "out": run, "overrides": [
+            f"data.images={pools[pool]}", f"model.target={target}", *pre["overrides"]]}, run, epochs=pre_epochs))
 
-    rows = [Row("- (scratch)", "scratch"), Row("SAR (synthetic, MAE)", "sar", encoder)]
+    rows = [Row(SCRATCH, "scratch"), Row("natural images (MAE)", "sar", encoders["natural"], "natural"),
+            Row("SAR (MAE, pixel target)", "sar", encoders["sar_pixels"], "sar_pixels"),
+            Row("SAR (MAE, gradient target)", "sar", encoders["sar_gradients"], "sar_gradients")]
     if imagenet_weights:
         rows.insert(1, Row("ImageNet (MAE)", "imagenet", Path(imagenet_weights)))
-    fin = plan["finetune"]
-    jobs = [(row, seed, fin["config"], list(fin.get("overrides", [])), root, out / f"finetune_{row.init}_seed{seed}")
-            for seed in range(seeds) for row in rows]
-    todo = [job for job in jobs if not row_marker(job[-1]).is_file()]  # finished runs are read, not re-run
-    ran = dict(zip((job[-1] for job in todo), run_side_by_side(todo))) if side_by_side_ok(todo) else {}
-    per_row: dict[str, list[dict]] = {row.label: [] for row in rows}
-    for job in jobs:
-        per_row[job[0].label].append(ran[job[-1]] if job[-1] in ran else run_row(*job))
+    row_jobs: dict[str, list[Job]] = {row.label: [] for row in rows}
+    for seed in range(seeds):
+        for row in rows:
+            run = out / f"finetune_{row.tag}_seed{seed}"
+            needs = (row.weights.parent,) if row.weights in encoders.values() else ()
+            job = Job(run_row, {"row": row, "seed": seed, "config": fin["config"], "overrides": list(fin["overrides"]),
+                                "data_root": root, "out": run}, run, needs, epochs=fin_epochs)
+            row_jobs[row.label].append(job)
+            jobs.append(job)
+    if plan["probe"]:
+        from sarmae.experiments.probe import run_probe
 
-    _collect_figures(out, rows, root)
+        labels = {str(encoders["natural"]): "natural images (MAE)", str(encoders["sar_pixels"]): "SAR (MAE, pixels)",
+                  str(encoders["sar_gradients"]): "SAR (MAE, gradients)"}
+        jobs.append(Job(run_probe, {"encoders": list(encoders.values()), "data_root": root, "out": out / "probe",
+                                    "labels": labels}, out / "probe", tuple(e.parent for e in encoders.values())))
+    # scratch rows wait for nothing: list them right after the pre-trainings so both fill the cores first
+    jobs.sort(key=lambda job: len(job.needs) > 0)
+    run_jobs(jobs)
+
+    per_row = {label: [job.result for job in js] for label, js in row_jobs.items()}
+    _collect_figures(out, row_jobs, root)
     minutes = (time.perf_counter() - start) / 60
     title = (f"sarmae demo: synthetic SAR benchmark, val split, {seeds} seed(s), "
              f"{plan['data']['train']} labeled / {plan['data']['unlabeled']} unlabeled images ({minutes:.1f} min)")
-    write_table(per_row, out, title)
+    write_table(per_row, out, title, baseline=SCRATCH)
+    if plan["probe"]:
+        for name in ("probe.md", "probe.json"):
+            shutil.copyfile(out / "probe" / name, out / name)
+        print((out / "probe.md").read_text())
     return per_row
 
 
-def side_by_side_ok(jobs: list[tuple]) -> bool:
-    """Several runs, several cores and no GPU (on a GPU the runs would only compete for the device)."""
-    import torch
-
-    return len(jobs) > 1 and (os.cpu_count() or 1) > 1 and not torch.cuda.is_available()
-
-
-def _row_in_subprocess(job: tuple, threads: int) -> dict:
-    import torch
-
-    torch.set_num_threads(threads)
-    out = Path(job[-1])
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "log.txt", "a", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
-        return run_row(*job)
-
-
-_PROGRESS = re.compile(rb"Epoch (\d+):\s+\d+%\|[^|]*\| (\d+)/(\d+)")
-
-
-def _epochs_done(log: Path) -> float:
-    """Epochs a run has trained, from the last progress-bar line in its log (fractions within an epoch)."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            matches = _PROGRESS.findall(f.read())
-    except OSError:
-        return 0.0
-    if not matches:
-        return 0.0
-    epoch, step, steps = (int(v) for v in matches[-1])
-    return epoch + step / max(1, steps)
-
-
-def run_side_by_side(jobs: list[tuple]) -> list[dict]:
-    """:func:`run_row` for every job, as many at once as there are cores (at least one core each)."""
-    workers = min(len(jobs), os.cpu_count() or 1)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    epochs = [int(load_config(job[2], job[3]).get("epochs", 1)) for job in jobs]
-    print(f"fine-tuning {len(jobs)} runs, {workers} at a time ({threads} thread(s) each); logs: "
-          + ", ".join(str(Path(job[-1]) / "log.txt") for job in jobs))
-    bar = tqdm(total=sum(epochs), desc="fine-tuning", file=sys.stderr, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n:.1f}/{total} epochs [{elapsed}<{remaining}]")
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_row_in_subprocess, job, threads) for job in jobs]
-        while True:
-            finished, pending = wait(futures, timeout=5, return_when=FIRST_EXCEPTION)
-            done = sum(e if f in finished else min(e, _epochs_done(Path(job[-1]) / "log.txt"))
-                       for f, e, job in zip(futures, epochs, jobs))
-            bar.update(round(done - bar.n, 2))
-            if not pending or any(f.exception() for f in finished):
-                break
-        bar.close()
-        return [f.result() for f in futures]  # re-raises a run's error once the others have finished
-
-
-def _collect_figures(out: Path, rows: list[Row], root: Path) -> None:
-    """Figure 2 (reconstructions of val images) from the pre-training run, Figure 3 (detections) from the last row."""
+def _collect_figures(out: Path, row_jobs: dict[str, list[Job]], root: Path) -> None:
+    """Figure 2 from the SAR pixel-target pre-training (the paper's; a gradient-target MAE predicts no pixels),
+    Figure 3 from the last row's first seed, the learning curves."""
     from sarmae.infer.reconstruct import reconstruct
 
-    ckpt = out / "pretrain" / "weights" / "last.ckpt"
+    ckpt = out / "pretrain_sar_pixels" / "weights" / "last.ckpt"
     if ckpt.is_file():
         reconstruct(ckpt, [str(root / "JPEGImages" / "val")], out / "figure2_reconstruction.png", count=4)
-    samples = out / f"finetune_{rows[-1].init}_seed0" / "eval" / "samples.png"
+    samples = list(row_jobs.values())[-1][0].out / "eval" / "samples.png"
     if samples.is_file():
         shutil.copyfile(samples, out / "figure3_detections.png")
+    plot_learning_curves({label: [job.out for job in js] for label, js in row_jobs.items()},
+                         out / "learning_curves.png")
+
+
+def read_curve(run: Path) -> tuple[list[int], list[float]]:
+    """(epochs, val mAP in %) from a fine-tuning run's ``metrics.csv`` (rows with a validation)."""
+    epochs, values = [], []
+    with open(run / "metrics.csv", newline="") as f:
+        for record in csv.DictReader(f):
+            if record.get("val_mAP") not in (None, "", "nan"):
+                epochs.append(int(float(record["epoch"])) + 1)
+                values.append(100 * float(record["val_mAP"]))
+    return epochs, values
+
+
+def plot_learning_curves(runs: dict[str, list[Path]], path: Path) -> None:
+    """Val mAP vs epoch, one colour per row, one line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, folders) in enumerate(runs.items()):
+        for seed, folder in enumerate(folders):
+            epochs, values = read_curve(folder)
+            ax.plot(epochs, values, color=f"C{i}", marker="o", ms=3, alpha=0.8, label=label if seed == 0 else None)
+    ax.set_xlabel("fine-tuning epoch")
+    ax.set_ylabel("val mAP (%)")
+    ax.set_title("Learning curves (one line per seed)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

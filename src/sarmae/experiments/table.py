@@ -20,11 +20,16 @@ from sarmae.infer.metrics import TABLE_COLUMNS, format_table
 
 @dataclass(frozen=True)
 class Row:
-    """One Table 1 row: its label (``Pre-train data``), ``init`` mode and weights file."""
+    """One Table 1 row: its label (``Pre-train data``), ``init`` mode, weights file and run-folder tag."""
 
     label: str
     init: str
     weights: Path | None = None
+    name: str | None = None  # run folders are finetune_<tag>_seed<N>; default: the init mode
+
+    @property
+    def tag(self) -> str:
+        return self.name or self.init
 
 
 def run_pretrain_step(config: str, overrides: list[str], out: Path) -> Path:
@@ -81,10 +86,58 @@ def summarise(per_row: dict[str, list[dict]]) -> dict[str, dict]:
     return table
 
 
-def write_table(per_row: dict[str, list[dict]], out: Path, title: str) -> str:
-    """Print and save the table as ``table.md`` and ``table.json`` (per-seed values included)."""
+PAIRED_COLUMNS = ("mAP", "AP50")
+
+
+def paired_differences(per_row: dict[str, list[dict]], baseline: str) -> dict[str, dict[str, dict]]:
+    """Per row and column: ``row - baseline`` for each seed (runs are listed by seed), their mean and std.
+
+    Pairing by seed removes what a seed does to every row alike (data order, head initialisation); the std of the
+    differences is the spread the effect has to beat.
+    """
+    base = per_row[baseline]
+    out: dict[str, dict[str, dict]] = {}
+    for label, runs in per_row.items():
+        if label == baseline:
+            continue
+        out[label] = {}
+        for column in PAIRED_COLUMNS:
+            diffs = [float(r[column]) - float(b[column]) for r, b in zip(runs, base)
+                     if r.get(column) is not None and b.get(column) is not None]
+            diffs = [d for d in diffs if not math.isnan(d)]
+            out[label][column] = {
+                "per_seed": diffs,
+                "mean": statistics.mean(diffs) if diffs else None,
+                "std": statistics.stdev(diffs) if len(diffs) > 1 else None,
+            }
+    return out
+
+
+def format_paired(paired: dict[str, dict[str, dict]], column: str, baseline: str) -> str:
+    """Markdown: one row per pre-trained row, the per-seed differences and their mean ± std (points)."""
+    seeds = max((len(p[column]["per_seed"]) for p in paired.values()), default=0)
+    headers = [f"seed {i}" for i in range(seeds)] + ["mean ± std"]
+    rows = {}
+    for label, p in paired.items():
+        d = p[column]
+        rows[label] = dict(zip(headers, d["per_seed"]))
+        if d["mean"] is not None:
+            rows[label]["mean ± std"] = (d["mean"], d["std"]) if d["std"] is not None else d["mean"]
+    return format_table(rows, headers, first_header=f"Δ {column} vs {baseline}")
+
+
+def write_table(per_row: dict[str, list[dict]], out: Path, title: str, baseline: str | None = None) -> str:
+    """Print and save the table as ``table.md`` and ``table.json`` (per-seed values included).
+
+    With ``baseline`` (a row label) the paired per-seed differences to that row follow the table, and each other
+    row's JSON entry gains ``paired_vs_baseline``.
+    """
     table = summarise(per_row)
     text = format_table(table)
+    paired = paired_differences(per_row, baseline) if baseline in per_row and len(per_row) > 1 else {}
+    if paired:
+        text += "\n\nPaired differences to the same seed's scratch run (points):\n\n" + "\n\n".join(
+            format_paired(paired, column, baseline) for column in PAIRED_COLUMNS)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(f"# {title}\n\n{text}\n")
 
@@ -100,6 +153,8 @@ def write_table(per_row: dict[str, list[dict]], out: Path, title: str) -> str:
                 "runs": [{k: clean(r.get(k)) for k in TABLE_COLUMNS} for r in runs]}
         for label, runs in per_row.items()
     }
+    for label, p in paired.items():
+        payload[label]["paired_vs_baseline"] = {"baseline": baseline, **p}
     (out / "table.json").write_text(json.dumps(payload, indent=2))
     print(f"\n{title}\n{text}\n(saved {out / 'table.md'} and {out / 'table.json'})")
     return text

@@ -78,6 +78,9 @@ def reconstruction_panels(
     model: MaskedAutoencoder, images: torch.Tensor, seed: int = 0
 ) -> dict[str, torch.Tensor]:
     """The four panels, each (N, 3, H, W) in the normalised input space."""
+    if model.target == "gradients":
+        raise ConfigError("the reconstruction figure needs a pixel target (model.target=pixels or norm_pixels); "
+                          "this MAE predicts SAR gradient features, not pixels")
     was_training = model.training
     model.eval()
     with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):

@@ -260,6 +260,8 @@ class ReconstructionFigures(Callback):
     def __init__(self, cfg: dict, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, run_dir
         self.every = int(get_dotted(cfg, "figure.every", 0) or 0)
+        if get_dotted(cfg, "model.target") == "gradients":
+            self.every = 0  # a gradient-target MAE predicts no pixels to draw
         self.count = int(get_dotted(cfg, "figure.images", 4))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -1,0 +1,123 @@
+"""Experiment steps side by side on CPU cores: one process per step, steps that need another's output wait for it.
+
+A tiny model uses one core far better than two, so on a CPU two steps at once finish ~1.5x sooner than one after
+the other. Each step runs in a spawned process with an equal share of the cores and logs to ``<out>/log.txt``;
+one progress bar counts the epochs of every step, read from those logs. The first failing step's error is
+re-raised once the running ones are stopped. SIGTERM / Ctrl-C stop every worker: no process is left behind.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+@dataclass
+class Job:
+    """One step: ``fn(**kwargs)`` writing into ``out``; starts once the jobs whose ``out`` is in ``needs`` finished.
+
+    ``epochs`` is the step's length for the progress bar (0 for steps without a Lightning progress bar).
+    """
+
+    fn: Callable[..., Any]
+    kwargs: dict[str, Any]
+    out: Path
+    needs: tuple[Path, ...] = ()
+    epochs: int = 0
+    result: Any = field(default=None, repr=False)
+
+
+def side_by_side_ok(jobs: list[Job]) -> bool:
+    """Several steps, several cores and no GPU (on a GPU the steps would only compete for the device)."""
+    import torch
+
+    return len(jobs) > 1 and (os.cpu_count() or 1) > 1 and not torch.cuda.is_available()
+
+
+def run_jobs(jobs: list[Job]) -> list[Any]:
+    """Run every job (side by side where :func:`side_by_side_ok`, else in list order); returns their results.
+
+    ``jobs`` must be listed so that each one's ``needs`` come before it.
+    """
+    if not side_by_side_ok(jobs):
+        for job in jobs:
+            job.result = job.fn(**job.kwargs)
+        return [job.result for job in jobs]
+    return _run_in_processes(jobs)
+
+
+def _in_subprocess(fn: Callable[..., Any], kwargs: dict[str, Any], threads: int, out: Path) -> Any:
+    import torch
+
+    torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "log.txt", "a", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
+        return fn(**kwargs)
+
+
+_PROGRESS = re.compile(rb"Epoch (\d+):\s+\d+%\|[^|]*\| (\d+)/(\d+)")
+
+
+def epochs_done(log: Path) -> float:
+    """Epochs a run has trained, from the last progress-bar line in its log (fractions within an epoch)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            matches = _PROGRESS.findall(f.read())
+    except OSError:
+        return 0.0
+    if not matches:
+        return 0.0
+    epoch, step, steps = (int(v) for v in matches[-1])
+    return epoch + step / max(1, steps)
+
+
+def _stop_on_sigterm(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def _run_in_processes(jobs: list[Job]) -> list[Any]:
+    cores = os.cpu_count() or 1
+    workers = min(len(jobs), cores)
+    threads = max(1, cores // workers)
+    print(f"running {len(jobs)} steps, {workers} at a time ({threads} thread(s) each); logs: "
+          + ", ".join(str(job.out / "log.txt") for job in jobs))
+    bar = tqdm(total=sum(job.epochs for job in jobs), desc="training", file=sys.stderr, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total} epochs [{elapsed}<{remaining}]")
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    finished: set[Path] = set()
+    running: dict[Future, Job] = {}
+    pending = list(jobs)
+    try:
+        while pending or running:
+            for job in [j for j in pending if all(n in finished for n in j.needs)]:
+                running[pool.submit(_in_subprocess, job.fn, job.kwargs, threads, job.out)] = job
+                pending.remove(job)
+            done, _ = wait(running, timeout=5, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                job.result = future.result()  # a failed step raises here; the finally clause stops the others
+                finished.add(job.out)
+            progress = sum(job.epochs if job.out in finished else min(job.epochs, epochs_done(job.out / "log.txt"))
+                           for job in jobs)
+            bar.update(round(progress - bar.n, 2))
+        return [job.result for job in jobs]
+    finally:
+        bar.close()
+        if pending or running:  # stopped early: a step failed, Ctrl-C or SIGTERM
+            for process in multiprocessing.active_children():
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        signal.signal(signal.SIGTERM, previous)
