@@ -1,9 +1,11 @@
 """Reading other people's ViT / MAE weights safely, and writing ours in the reference formats.
 
-Every file is untrusted: ``.safetensors`` or ``torch.load(weights_only=True)`` only, so a checkpoint can
-never run code. Supported sources: the official MAE release (``{'model': encoder}``), full MAE training
-checkpoints (encoder + decoder), timm ViT state dicts, our ``encoder.safetensors`` and our Lightning
-``.ckpt`` files. Loading returns a :class:`LoadReport`; the caller decides what is acceptable.
+Every file is untrusted: :func:`open_checkpoint` is the one way sarmae opens a weights file (``.safetensors``, or
+``torch.load(weights_only=True)``), so a checkpoint can never run code; every reader (encoder weights, the MAE
+figure, the detector loader, resuming a run) goes through it. Supported sources: the official MAE release
+(``{'model': encoder}``), full MAE training checkpoints (encoder + decoder), timm ViT state dicts, our
+``encoder.safetensors`` and our Lightning ``.ckpt`` files. Loading returns a :class:`LoadReport`; the caller
+decides what is acceptable.
 """
 
 from __future__ import annotations
@@ -12,45 +14,110 @@ import argparse
 import math
 import os
 import pickle
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sarmae.errors import CheckpointError
 from sarmae.models.mae import DECODER_PREFIXES, MaskedAutoencoder
-from sarmae.models.vit import VIT_SIZES
+from sarmae.models.vit import VIT_SIZES, resize_pos_embed
 
 StateDict = dict[str, torch.Tensor]
 POS_EMBED_KEYS = ("pos_embed", "decoder_pos_embed")
 # Official MAE training checkpoints pickle their argparse ``args``; allowing that one plain class is safe.
 SAFE_GLOBALS = [argparse.Namespace]
 VIT_FAMILIES = {192: "ViT-Ti?", 384: "ViT-S?", 768: "ViT-B?", 1024: "ViT-L?", 1280: "ViT-H?"}
+RESAVE = "re-save the weights with safetensors or with torch.save of a state dict (tensors only)"
+_PICKLE_PROTO = 0x80  # first byte of a pickle of protocol >= 2 (what torch's legacy format and pickle.dump write)
+
+
+def open_checkpoint(
+    path: str | Path,
+    mmap: bool = False,
+    missing: str = "check the path",
+    advice: str = "use a .safetensors file or a torch state dict of tensors",
+) -> object:
+    """The one way to open a weights file: ``.safetensors`` -> dict of tensors; anything else ->
+    ``torch.load(weights_only=True)`` (plain containers, tensors and :data:`SAFE_GLOBALS` only).
+
+    ``mmap`` memory-maps the tensors of a zip-format torch file (a large checkpoint's optimiser state is then
+    never read into RAM); legacy-format files are read normally. Every failure is one :class:`CheckpointError`
+    line naming the file: missing (+ ``missing``, what to pass instead), a pickle holding Python objects
+    (refused: untrusted pickles are not loaded; re-save as safetensors or a state dict), or unreadable
+    (+ ``advice``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file; {missing}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - any failure of an untrusted file becomes one readable line
+            raise CheckpointError(
+                f"checkpoint {path}: not a readable checkpoint (damaged safetensors file: {_first_line(exc)}); "
+                f"{advice}"
+            ) from None
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
+    except Exception as exc:  # noqa: BLE001
+        blocked = _blocked_global(exc)
+        if blocked or (not is_zip and _starts_like_pickle(path)):
+            what = f"a pickle holding Python objects ({blocked})" if blocked else \
+                "a legacy or plain pickle that the weights-only loader cannot read"
+            raise CheckpointError(
+                f"checkpoint {path}: refused, it is {what}, and untrusted pickles are not loaded (they can run "
+                f"code); {RESAVE}"
+            ) from None
+        reason = "not a torch or safetensors weights file" if isinstance(exc, pickle.UnpicklingError) else \
+            _first_line(exc)
+        raise CheckpointError(f"checkpoint {path}: not a readable checkpoint ({reason}); {advice}") from None
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` strings of a ``.safetensors`` file ({} for other files or a file without any)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {path}: not a readable safetensors file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def _blocked_global(exc: Exception) -> str | None:
+    """``module.Name`` of the class a weights-only load refused, if that was the reason."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return found.group(1) if found else None
+
+
+def _starts_like_pickle(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(1) == bytes([_PICKLE_PROTO])
 
 
 def read_state_dict(path: str | Path) -> StateDict:
-    """Read tensors from ``.safetensors`` / ``.pth`` / ``.pt`` / ``.ckpt``, unwrapping common containers.
+    """Read tensors from ``.safetensors`` / ``.pth`` / ``.pt`` / ``.ckpt`` (via :func:`open_checkpoint`),
+    unwrapping common containers.
 
     Unwraps ``{'state_dict': ...}`` (Lightning; a ``model.`` prefix on every key is removed),
     ``{'model': ...}`` (official MAE) and a ``module.`` (DDP) prefix. Non-tensor entries are dropped.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file; check the path")
-    try:
-        if path.suffix == ".safetensors":
-            obj: object = load_file(str(path), device="cpu")
-        else:
-            with torch.serialization.safe_globals(SAFE_GLOBALS):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any failure of an untrusted file becomes one readable line
-        raise CheckpointError(
-            f"checkpoint {path}: cannot be read as plain weights ({_reason(exc)}); "
-            "use a .safetensors file or a torch state dict of tensors"
-        ) from None
+    obj = open_checkpoint(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -65,17 +132,6 @@ def read_state_dict(path: str | Path) -> StateDict:
     return tensors
 
 
-def _reason(exc: Exception) -> str:
-    """The informative line of a load error (torch's weights-only message starts with generic advice)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if isinstance(exc, pickle.UnpicklingError):
-        blocked = [line for line in lines if "GLOBAL" in line]
-        if blocked:
-            return f"it holds pickled Python objects, refused for safety: {blocked[0][:160]}"
-        return "not a torch weights file"
-    return (lines[0] if lines else type(exc).__name__)[:200]
-
-
 def _strip_common_prefix(sd: StateDict, prefix: str) -> StateDict:
     if all(k.startswith(prefix) for k in sd):
         return {k[len(prefix) :]: v for k, v in sd.items()}
@@ -85,23 +141,17 @@ def _strip_common_prefix(sd: StateDict, prefix: str) -> StateDict:
 def interpolate_pos_embed(pos_embed: torch.Tensor, new_grid: int, num_extra_tokens: int = 1) -> torch.Tensor:
     """Resize a square position embedding (1, extra + G*G, C) -> (1, extra + new_grid**2, C).
 
-    Bicubic, ``align_corners=False``, as MAE fine-tuning and ViTDet do; extra (cls) rows are copied
-    unchanged. Returns the input itself when the grid already matches.
+    :func:`sarmae.models.vit.resize_pos_embed` (bicubic, ``align_corners=False``, as MAE fine-tuning and ViTDet
+    do); extra (cls) rows are copied unchanged. Returns the input itself when the grid already matches.
     """
-    extra, grid_tokens = pos_embed[:, :num_extra_tokens], pos_embed[:, num_extra_tokens:]
-    old_grid = math.isqrt(grid_tokens.shape[1])
-    if old_grid * old_grid != grid_tokens.shape[1]:
+    grid_tokens = pos_embed.shape[1] - num_extra_tokens
+    old_grid = math.isqrt(max(grid_tokens, 0))
+    if old_grid * old_grid != grid_tokens:
         raise CheckpointError(
             f"pos_embed has {pos_embed.shape[1]} tokens, not {num_extra_tokens} + a square grid; "
             "is this a ViT checkpoint?"
         )
-    if old_grid == new_grid:
-        return pos_embed
-    dim = pos_embed.shape[-1]
-    grid = grid_tokens.float().reshape(1, old_grid, old_grid, dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, dim).to(pos_embed.dtype)
-    return torch.cat([extra, grid], dim=1)
+    return resize_pos_embed(pos_embed, (new_grid, new_grid), (old_grid, old_grid), num_extra_tokens)
 
 
 @dataclass

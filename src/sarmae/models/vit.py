@@ -6,7 +6,10 @@ Both models use the reference MAE / timm key names (``patch_embed.proj``, ``cls_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 
 from sarmae.errors import ConfigError
 
@@ -49,3 +52,23 @@ def sincos_2d(dim: int, grid_size: int, cls_token: bool = False) -> torch.Tensor
     if cls_token:
         emb = torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0)
     return emb.float()
+
+
+def resize_pos_embed(
+    pos_embed: torch.Tensor, new_size: Sequence[int], old_size: Sequence[int], num_prefix_tokens: int = 0
+) -> torch.Tensor:
+    """The one position-embedding resizer: (1, prefix + oh*ow, C) -> (1, prefix + nh*nw, C).
+
+    Bicubic, ``align_corners=False``, no antialiasing, computed in float32 and cast back, as MAE fine-tuning,
+    ViTDet and timm's ``resample_abs_pos_embed`` do; prefix (cls) rows are copied unchanged. Returns the input
+    itself when the grid already matches. Used when loading checkpoints and by the ViTDet backbone's forward.
+    """
+    (oh, ow), (nh, nw) = (int(v) for v in old_size), (int(v) for v in new_size)
+    if (oh, ow) == (nh, nw):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = pos_embed.shape[-1]
+    grid = grid.float().reshape(1, oh, ow, dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(nh, nw), mode="bicubic", align_corners=False, antialias=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, nh * nw, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1) if num_prefix_tokens else grid

@@ -34,10 +34,11 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
-from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer_sam import Block
 from torch import nn
 from torchvision.models.convnext import LayerNorm2d
@@ -48,11 +49,13 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import Conv2dNormActivation, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from sarmae.errors import ConfigError
-from sarmae.models.vit import vit_size
+from sarmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sarmae.errors import CheckpointError, ConfigError
+from sarmae.models.checkpoints import LoadReport, load_encoder_weights
+from sarmae.models.vit import resize_pos_embed, vit_size
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# ViT tensors a pre-trained encoder does not have: ViTDet's relative position tables (zero-initialised).
+NEW_IN_VITDET = ("rel_pos_h", "rel_pos_w")
 # Largest pyramid stride: the padded input must be a multiple of it for exact anchor strides.
 MAX_STRIDE = 64
 
@@ -132,9 +135,7 @@ class ViTDetBackbone(nn.Module):
     def abs_pos(self, h: int, w: int) -> torch.Tensor:
         """Pre-training pos_embed without its cls row, resized to an (h, w) grid -> (1, h, w, C)."""
         g = self.pretrain_grid
-        pos = self.pos_embed[:, 1:]
-        if (h, w) != (g, g):
-            pos = resample_abs_pos_embed(pos, new_size=[h, w], old_size=[g, g], num_prefix_tokens=0, antialias=False)
+        pos = resize_pos_embed(self.pos_embed[:, 1:], (h, w), (g, g))
         return pos.reshape(1, h, w, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,6 +285,62 @@ def build_detector(model_cfg: dict[str, Any], num_classes: int) -> FasterRCNN:
     return build_vitdet(num_classes, **model_cfg)
 
 
+# -- what the training module and the inference loader both do to a built detector ---------------------
+
+
+def detector_vit(model: FasterRCNN) -> ViTDetBackbone:
+    """The plain ViT inside a detector of :func:`build_vitdet` (``backbone.vit``, MAE/timm key names)."""
+    return model.backbone.vit
+
+
+def _to_float32(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() else obj
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_float32(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_float32(v) for v in obj)
+    return obj
+
+
+def keep_boxes_float32(model: FasterRCNN) -> None:
+    """Make anchors, proposals and detections float32 under bf16/fp16 autocast; the heavy layers stay mixed.
+
+    torchvision builds anchors in the dtype of the feature maps and decodes boxes in the dtype of the regression
+    output; bf16 keeps 8 mantissa bits, i.e. 4-px steps at 800 px, which erases small SAR objects. Forward hooks
+    cast the pyramid, RPN head and box predictor outputs back to float32 (state-dict keys are unchanged).
+    """
+    for module in (model.backbone, model.rpn.head, model.roi_heads.box_predictor):
+        module.register_forward_hook(lambda _module, _inputs, output: _to_float32(output))
+
+
+def set_max_dets(model: FasterRCNN, max_dets: int, configured: int) -> int:
+    """COCO scores up to ``max_dets`` detections per image, so the detector must keep at least that many:
+    ``roi_heads.detections_per_img`` becomes ``max(configured, max_dets)`` (``configured``: the value the
+    detector was built with, ``model.detections_per_img``). Returns the new value."""
+    model.roi_heads.detections_per_img = max(int(configured), int(max_dets))
+    return model.roi_heads.detections_per_img
+
+
+def load_vit_encoder(model: FasterRCNN, weights: str | Path, name: str | None = None) -> LoadReport:
+    """Load a pre-trained ViT encoder (MAE / timm / our checkpoints) into the detector's ``backbone.vit``.
+
+    Every ViT tensor except ViTDet's new rel-pos tables (:data:`NEW_IN_VITDET`) must come from the checkpoint;
+    a partial load (another architecture, a classifier-only file) is a :class:`CheckpointError` naming ``name``
+    (default: the path) rather than a silently weaker baseline.
+    """
+    vit = detector_vit(model)
+    report = load_encoder_weights(vit, Path(str(weights)))
+    needed = [k for k in vit.state_dict() if not k.endswith(NEW_IN_VITDET)]
+    absent = [k for k in needed if k not in report.loaded]
+    if absent:
+        raise CheckpointError(
+            f"{name or weights}: {len(absent)} of {len(needed)} ViT tensors could not be loaded "
+            f"({', '.join(absent[:4])}{', ...' if len(absent) > 4 else ''}); {report.summary()}"
+        )
+    return report
+
+
 def _check(
     num_classes: int,
     img_size: int,
@@ -342,7 +399,7 @@ def param_groups(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = param.ndim <= 1 or name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w"))
+        no_decay = param.ndim <= 1 or name.endswith(("pos_embed", *NEW_IN_VITDET))
         decay = 0.0 if no_decay else weight_decay
         scale = 1.0
         if layer_decay is not None and vit is not None and name.startswith(prefix):
@@ -356,11 +413,16 @@ def param_groups(
 
 __all__ = [
     "DETECTOR_KEYS",
+    "NEW_IN_VITDET",
     "SimpleFeaturePyramid",
     "ViTDetBackbone",
     "build_detector",
     "build_vitdet",
     "default_global_blocks",
+    "detector_vit",
+    "keep_boxes_float32",
     "layer_scale",
+    "load_vit_encoder",
     "param_groups",
+    "set_max_dets",
 ]
