@@ -104,7 +104,9 @@ def test_dangling_image_id_is_an_error(ds):
     assert "not in 'images'" in report.format() and "image_id=4242" in report.format()
 
 
-def test_out_of_bounds_and_size_mismatch_are_warnings(ds):
+def test_out_of_bounds_is_a_warning_and_size_mismatch_an_error(ds):
+    """The loader clips a box that leaves its image (warning) but refuses an image whose json size is not the
+    file's (error: every epoch would skip it, or train on boxes of the wrong scale)."""
     def damage(d):
         _first_ann(d)["bbox"] = [50.0, 50.0, 30.0, 30.0]  # 64x64 image: leaves it
         d["images"][1]["width"] = 80
@@ -112,9 +114,53 @@ def test_out_of_bounds_and_size_mismatch_are_warnings(ds):
     _edit(ds, "train", damage)
     report = check_dataset(ds)
     text = report.format()
-    assert report.ok, text
+    assert not report.ok
     assert "out of image bounds" in text and "listed size differs" in text and "json 80x64" in text
-    assert len(report.warnings) == 2
+    (warning,) = report.warnings
+    assert warning.title.startswith("box out of image bounds") and "the loader clips it" in warning.title
+    (error,) = report.errors
+    assert error.count == 1 and "0000002.png" in error.examples[0] and "file 64x64" in error.examples[0]
+
+
+def test_json_size_three_times_the_file_fails_naming_both_sizes(ds):
+    _edit(ds, "val", lambda d: [img.update(width=3 * img["width"]) for img in d["images"]])
+    report = check_dataset(ds)
+    text = report.format()
+    assert not report.ok and "result: FAILED" in text
+    assert "ERROR [val] listed size differs from the file" in text and "json 192x64, file 64x64" in text
+    assert "1000001.png" in text
+
+
+def test_box_rule_is_the_loaders(ds):
+    """Zero-width and fully outside boxes: the loader drops and counts them; the check warns about the same boxes."""
+    from sarmae.data.coco import CocoDetection
+
+    def damage(d):
+        d["annotations"][0]["bbox"] = [10.0, 10.0, 0.0, 5.0]  # zero width
+        d["annotations"][1]["bbox"] = [70.0, 10.0, 5.0, 5.0]  # right of the 64-px image
+        d["annotations"][2]["bbox"] = [60.0, 10.0, 10.0, 5.0]  # partly outside: clipped, kept
+
+    data = _edit(ds, "train", damage)
+    report = check_dataset(ds, splits=["train"])
+    assert report.ok, report.format()
+    (dropped,) = [p for p in report.warnings if "drops" in p.title]
+    (clipped,) = [p for p in report.warnings if "clips" in p.title]
+    loader = CocoDetection(ds, "train").stats
+    assert dropped.count == loader["dropped_degenerate"] == 2 and clipped.count == loader["clipped"] == 1
+    ids = [a["id"] for a in data["annotations"][:2]]
+    assert all(f"annotation {i} " in e for i, e in zip(ids, dropped.examples))
+    assert report.splits["train"].instances == loader["boxes"] == len(data["annotations"]) - 2
+
+
+def test_missing_splits_are_reported(ds):
+    (ds / "Annotations/test.json").unlink()
+    report = check_dataset(ds)
+    assert report.ok and [(p.split, p.title) for p in report.warnings] == [("test", "split missing")]
+    (ds / "Annotations/train.json").unlink()
+    report = check_dataset(ds)
+    text = report.format()
+    assert not report.ok and "ERROR [train] split missing" in text and "train.json does not exist" in text
+    assert check_dataset(ds, splits=["val"]).ok  # only the splits asked for
 
 
 def test_invalid_json_is_an_error_and_long_lists_are_capped(ds):

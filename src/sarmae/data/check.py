@@ -3,10 +3,13 @@
 Every image is really decoded (with :func:`sarmae.data.io.read_image`, the function training uses), in a
 thread pool because the decoders release the GIL; SARDet-100K's 116k images take minutes, not hours.
 
-Severity follows what the training code can live with: missing or invalid json, missing or corrupt
-images, unknown category ids, non-positive sizes, duplicate ids and annotations of unknown images are
-errors (``ok`` is False); boxes that leave the image (SARDet-100K keeps them on purpose, the loader clips
-them), listed sizes that differ from the file and duplicate file names are warnings.
+Severity follows what the training code can live with: missing or invalid json, a missing ``train`` split,
+missing or corrupt images, json sizes that differ from the image file (the loader refuses such an image),
+unknown category ids, non-positive image sizes, negative box sizes, duplicate ids and annotations of unknown
+images are errors (``ok`` is False). Boxes follow the loader's rule (:func:`sarmae.data.coco.clip_box`):
+boxes that leave the image are clipped (SARDet-100K keeps them on purpose) and boxes with nothing left
+after clipping are dropped; both are warnings with counts, as are a missing ``val`` / ``test`` split and
+duplicate file names.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sarmae.data.coco import image_candidates, resolve_image_path
+from sarmae.data.coco import BOX_CLIPPED, BOX_DROPPED, BOX_NEGATIVE, clip_box, image_candidates, resolve_image_path
 from sarmae.data.io import IMAGE_EXTENSIONS, read_image
 from sarmae.errors import DataError
 
@@ -289,8 +292,17 @@ def _check_split(root: Path, split: str, data: dict, report: DatasetReport) -> t
             continue
         x, y, w, h = (float(v) for v in bbox)
         label = f"{where}" + (f" in {img['file_name']}" if img is not None else "")
-        if w <= 0 or h <= 0:
-            err("degenerate or negative box (w or h <= 0)").add(f"{label}: bbox={list(bbox)}")
+        iw, ih = (img.get("width"), img.get("height")) if img is not None else (None, None)
+        sized = _is_num(iw) and _is_num(ih) and iw > 0 and ih > 0
+        verdict, _ = clip_box(x, y, w, h, iw if sized else math.inf, ih if sized else math.inf)
+        if verdict == BOX_NEGATIVE:
+            err("negative box size (w or h < 0)").add(f"{label}: bbox={list(bbox)}")
+            continue
+        crowd = bool(ann.get("iscrowd", 0) or ann.get("ignore", 0))  # the loader leaves these out anyway
+        if verdict == BOX_DROPPED:
+            if not crowd:
+                warn("box empty after clipping to the image (the loader drops it)").add(
+                    f"{label} ({iw}x{ih}): bbox={list(bbox)}" if sized else f"{label}: bbox={list(bbox)}")
             continue
         st.instances += 1
         st.per_category[cid] += 1
@@ -298,8 +310,7 @@ def _check_split(root: Path, split: str, data: dict, report: DatasetReport) -> t
         st.box_sizes["small" if area < SMALL else "medium" if area < MEDIUM else "large"] += 1
         if img is not None:
             with_boxes.add(iid)
-            iw, ih = img.get("width"), img.get("height")
-            if _is_num(iw) and _is_num(ih) and (x < 0 or y < 0 or x + w > iw or y + h > ih):
+            if verdict == BOX_CLIPPED and not crowd:
                 warn("box out of image bounds (kept, like SARDet-100K; the loader clips it)").add(
                     f"{label} ({iw}x{ih}): bbox={list(bbox)}")
     st.empty_images = len(images) - len(with_boxes)
@@ -328,13 +339,15 @@ def check_dataset(
     """Validate ``root`` (``Annotations/<split>.json`` + ``JPEGImages/[<split>/]``) and decode every image.
 
     ``splits`` defaults to every json in ``Annotations/``; without ``splits`` an ``Unlabeled/`` folder is
-    decoded too. Raises ``DataError`` for a missing root or when there is no annotation json at all;
-    everything else is collected into the returned :class:`DatasetReport`. ``progress`` None shows a
-    tqdm bar from 200 images on.
+    decoded too, and a missing ``train`` (error) / ``val`` / ``test`` (warning) split is reported. Raises
+    ``DataError`` for a missing root or when there is no annotation json at all; everything else is collected
+    into the returned :class:`DatasetReport`. ``progress`` None shows a tqdm bar from 200 images on.
     """
     root = Path(root)
     names = _find_splits(root, splits)
     report = DatasetReport(root)
+    if not splits:
+        _report_missing_splits(root, names, report)
     jobs: list[tuple] = []
     for split in names:
         data = _load_json(root / "Annotations" / f"{split}.json", split, report)
@@ -350,6 +363,18 @@ def check_dataset(
     for item, size, error in _decode_all(jobs, workers, progress):
         _record_decode(root, report, item, size, error)
     return report
+
+
+def _report_missing_splits(root: Path, found: list[str], report: DatasetReport) -> None:
+    """A dataset without ``train`` cannot be trained on (error); a missing ``val`` / ``test`` is a warning."""
+    for split in SPLIT_ORDER:
+        if split not in found:
+            severity = "error" if split == "train" else "warning"
+            use = "fine-tuning and pre-training read it" if split == "train" else \
+                "fine-tuning validates on val" if split == "val" else "Table 1 is measured on test"
+            report.problem(severity, split, "split missing").add(
+                f"{root / 'Annotations' / f'{split}.json'} does not exist ({use}); "
+                f"found: {', '.join(found)}")
 
 
 def _decode_all(jobs: list[tuple], workers: int | None, progress: bool | None) -> Iterable:
@@ -372,5 +397,5 @@ def _record_decode(root: Path, report: DatasetReport, item: tuple, size, error: 
         return
     report.splits[split].image_sizes[size] += 1
     if _is_num(w) and _is_num(h) and (w, h) != size:
-        report.problem("warning", split, "listed size differs from the file").add(
+        report.problem("error", split, "listed size differs from the file (the loader refuses the image)").add(
             f"image id {iid} ({path.relative_to(root)}): json {w}x{h}, file {size[0]}x{size[1]}")

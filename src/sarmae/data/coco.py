@@ -28,6 +28,31 @@ from sarmae.errors import DataError
 SARDET_CLASSES: tuple[str, ...] = ("ship", "aircraft", "car", "tank", "bridge", "harbor")
 
 
+# Verdicts of :func:`clip_box`, the one box rule of the loader and ``sarmae data check``.
+BOX_KEPT, BOX_CLIPPED, BOX_DROPPED, BOX_NEGATIVE = "kept", "clipped", "dropped", "negative"
+
+
+def clip_box(x: float, y: float, w: float, h: float, width: float, height: float
+             ) -> tuple[str, tuple[float, float, float, float] | None]:
+    """The box rule shared by :class:`CocoDetection` and ``sarmae data check``.
+
+    COCO ``[x, y, w, h]`` on a ``width`` x ``height`` image (the json's size) -> ``(verdict, xyxy)``:
+
+    * ``negative``: w or h < 0, not a COCO box -> an error (``xyxy`` None);
+    * ``dropped``: nothing left after clipping to the image (zero width / height, or entirely outside) ->
+      left out of the targets and counted (``xyxy`` None);
+    * ``clipped``: partly outside (SARDet-100K keeps such boxes) -> the part inside the image;
+    * ``kept``: inside the image, unchanged.
+    """
+    if w < 0 or h < 0:
+        return BOX_NEGATIVE, None
+    x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
+    if x2 <= x1 or y2 <= y1:
+        return BOX_DROPPED, None
+    changed = x1 != x or y1 != y or x2 != x + w or y2 != y + h
+    return (BOX_CLIPPED if changed else BOX_KEPT), (x1, y1, x2, y2)
+
+
 def load_coco_json(path: str | Path) -> dict:
     """Load a COCO json and check its shape; ``info``/``licenses`` are added empty when missing
     (SARDet-100K has neither, and COCO evaluators expect them). ``annotations`` defaults to []."""
@@ -86,8 +111,9 @@ class CocoDetection(Dataset):
     in ``1..K`` (0 is torchvision's background), ``image_id`` (the json id), ``orig_size`` ``(H, W)``.
 
     Labels follow the sorted category ids: ``label_to_cat_id`` / ``cat_id_to_label`` map both ways and
-    ``class_names[label - 1]`` names a label. Crowd/ignore boxes and boxes empty after clipping are left
-    out of the targets and counted in ``stats``; the evaluator scores against ``coco_gt`` (the raw json).
+    ``class_names[label - 1]`` names a label. Crowd/ignore boxes and boxes empty after clipping (the rule of
+    :func:`clip_box`) are left out of the targets and counted in ``stats``; the evaluator scores against
+    ``coco_gt`` (the raw json).
     """
 
     def __init__(
@@ -170,7 +196,10 @@ class CocoDetection(Dataset):
                     f"{src}: annotation {self._ann_id(ann, n)}: bbox {bbox!r} is not 4 finite numbers "
                     "[x, y, w, h]; fix it"
                 ) from None
-            if w < 0 or h < 0:
+            i = index_of[image_id]
+            img_h, img_w = sizes[i]
+            verdict, xyxy = clip_box(x, y, w, h, img_w, img_h)
+            if verdict == BOX_NEGATIVE:
                 raise DataError(
                     f"{src}: annotation {self._ann_id(ann, n)}: negative box size w={w}, h={h}; "
                     "COCO boxes are [x, y, w, h] with w, h >= 0, fix it"
@@ -178,15 +207,12 @@ class CocoDetection(Dataset):
             if ann.get("iscrowd", 0) or ann.get("ignore", 0):
                 stats["crowd_ignored"] += 1
                 continue
-            i = index_of[image_id]
-            img_h, img_w = sizes[i]
-            x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, img_w), min(y + h, img_h)
-            if x2 <= x1 or y2 <= y1:
+            if verdict == BOX_DROPPED:
                 stats["dropped_degenerate"] += 1
                 continue
-            if x1 != x or y1 != y or x2 != x + w or y2 != y + h:
+            if verdict == BOX_CLIPPED:
                 stats["clipped"] += 1
-            rows.append((i, x1, y1, x2, y2, label))
+            rows.append((i, *xyxy, label))
 
         table = np.array(rows, dtype=np.float64).reshape(-1, 6)
         table = table[np.argsort(table[:, 0], kind="stable")]  # group by image, keep json order inside
