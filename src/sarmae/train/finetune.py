@@ -17,17 +17,15 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader
 
 from sarmae.config import get_dotted
 from sarmae.data.coco import CocoDetection
 from sarmae.data.io import IntensityScaling
-from sarmae.data.robust import SkipBadSamples, collate_detection
+from sarmae.data.loaders import class_info, detection_loader
 from sarmae.data.transforms import detection_transforms
 from sarmae.errors import CheckpointError, ConfigError, DataError, SarmaeError
 from sarmae.infer.metrics import TABLE_COLUMNS, coco_metrics, detections_to_coco, format_table, gather_results
-from sarmae.models.checkpoints import load_encoder_weights
-from sarmae.models.vitdet import build_detector, param_groups
+from sarmae.models.vitdet import build_detector, keep_boxes_float32, load_vit_encoder, param_groups, set_max_dets
 from sarmae.train.runs import (
     CsvMetrics,
     SavesRngState,
@@ -42,8 +40,6 @@ TABLE_KEYS = TABLE_COLUMNS  # mAP, AP50, AP75, mAP_s, mAP_m, mAP_l
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 METRIC_COLUMNS = ["epoch", "step", "loss", *LOSS_KEYS, "lr", "images_per_s", *(f"val_{k}" for k in TABLE_KEYS)]
 INITS = ("scratch", "imagenet", "sar", "timm")
-# ViT tensors a pre-trained encoder does not have: ViTDet's relative position tables (zero-initialised).
-NEW_IN_VITDET = ("rel_pos_h", "rel_pos_w")
 
 
 def _positive_int(cfg: dict, key: str, default: Any = None) -> int:
@@ -83,27 +79,6 @@ def step_schedule(step: int, warmup: int, milestones: list[int], gamma: float = 
     return factor
 
 
-def _to_float32(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.float() if obj.is_floating_point() else obj
-    if isinstance(obj, dict):
-        return type(obj)((k, _to_float32(v)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_float32(v) for v in obj)
-    return obj
-
-
-def keep_boxes_float32(model: torch.nn.Module) -> None:
-    """Make anchors, proposals and detections float32 under bf16/fp16 autocast; the heavy layers stay mixed.
-
-    torchvision builds anchors in the dtype of the feature maps and decodes boxes in the dtype of the regression
-    output; bf16 keeps 8 mantissa bits, i.e. 4-px steps at 800 px, which erases small SAR objects. Forward hooks
-    cast the pyramid, RPN head and box predictor outputs back to float32 (state-dict keys are unchanged).
-    """
-    for module in (model.backbone, model.rpn.head, model.roi_heads.box_predictor):
-        module.register_forward_hook(lambda _module, _inputs, output: _to_float32(output))
-
-
 class ViTDetFinetuning(SavesRngState, L.LightningModule):
     """Wraps the torchvision Faster R-CNN (at ``self.model``) with optimiser, schedule and COCO validation.
 
@@ -137,7 +112,7 @@ class ViTDetFinetuning(SavesRngState, L.LightningModule):
     def set_max_dets(self, max_dets: int) -> None:
         """COCO scores up to ``max_dets`` detections per image, so the detector must keep at least that many."""
         self.max_dets = int(max_dets)
-        self.model.roi_heads.detections_per_img = max(self._configured_dets, self.max_dets)
+        set_max_dets(self.model, self.max_dets, self._configured_dets)
 
     def initialise_backbone(self) -> None:
         """``init=scratch|imagenet|sar|timm`` with ``weights=PATH``: load the ViT encoder, print what happened.
@@ -148,15 +123,7 @@ class ViTDetFinetuning(SavesRngState, L.LightningModule):
         init, weights = self.cfg.get("init") or "scratch", self.cfg.get("weights")
         if init == "scratch":
             return
-        vit = self.model.backbone.vit
-        report = load_encoder_weights(vit, Path(str(weights)))
-        needed = [k for k in vit.state_dict() if not k.endswith(NEW_IN_VITDET)]
-        absent = [k for k in needed if k not in report.loaded]
-        if absent:
-            raise CheckpointError(
-                f"weights={weights}: {len(absent)} of {len(needed)} ViT tensors could not be loaded "
-                f"({', '.join(absent[:4])}{', ...' if len(absent) > 4 else ''}); {report.summary()}"
-            )
+        report = load_vit_encoder(self.model, Path(str(weights)), name=f"weights={weights}")
         if rank_zero_only.rank == 0:
             print(f"init={init} from {weights}: {report.summary()}")
 
@@ -279,27 +246,6 @@ def detection_datasets(cfg: dict) -> tuple[CocoDetection, CocoDetection]:
     if len(val) == 0:
         raise DataError(f"{val.ann_file}: no validation images; validation needs at least one")
     return train, val
-
-
-def class_info(dataset: CocoDetection) -> dict:
-    """What a checkpoint must remember about the classes: names and label -> file category id."""
-    return {"names": list(dataset.class_names), "label_to_cat_id": {int(k): int(v) for k, v in
-                                                                     dataset.label_to_cat_id.items()}}
-
-
-def detection_loader(dataset, cfg: dict, train: bool, batch_size: int | None = None) -> DataLoader:
-    """Loader that drops unreadable images (``data.strict=true`` raises instead) and keeps per-image sizes."""
-    data = cfg.get("data") or {}
-    workers = int(data.get("workers", 4))
-    return DataLoader(
-        SkipBadSamples(dataset, strict=bool(data.get("strict", False))),
-        batch_size=batch_size or int(cfg["batch_size"]),
-        shuffle=train,
-        num_workers=workers,
-        collate_fn=collate_detection,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0,
-    )
 
 
 # -- the command ----------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sarmae.config import save_config
 from sarmae.errors import CheckpointError, ConfigError, SarmaeError
+from sarmae.models.checkpoints import open_checkpoint
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
 
@@ -98,11 +99,8 @@ def verify_checkpoint_file(path: Path) -> None:
 def read_checkpoint_header(path: Path) -> dict[str, Any]:
     """The checkpoint dict, memory-mapped (tensors are not read into RAM), after :func:`verify_checkpoint_file`."""
     verify_checkpoint_file(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - an untrusted or damaged file: one readable line
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(f"checkpoint {path}: cannot be read ({reason})") from None
+    advice = "resume from another checkpoint (weights/epochNNN.ckpt) or drop resume="
+    ckpt = open_checkpoint(path, mmap=True, advice=advice)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
         raise CheckpointError(f"checkpoint {path}: not a sarmae training checkpoint (weights/last.ckpt of a run)")
     return ckpt
