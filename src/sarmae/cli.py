@@ -47,6 +47,15 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_data_convert(args: argparse.Namespace) -> int:
+    from sarmae.data.convert import convert_dataset
+
+    report = convert_dataset(Path(args.src), Path(args.out), fmt=args.fmt, classes=args.classes, split=args.split,
+                             copy=args.copy, difficult=args.difficult)
+    print(report.format())
+    return 0
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from sarmae.config import load_config
     from sarmae.train.pretrain import run_pretrain
@@ -189,6 +198,33 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("root", help="dataset root holding Annotations/ and JPEGImages/")
     check.add_argument("--splits", nargs="*", default=None, help="splits to check (default: all found)")
     check.set_defaults(func=_cmd_data_check)
+    conv = data_sub.add_parser(
+        "convert",
+        help="convert VOC XML / YOLO txt / DOTA polygons / COCO json into the SARDet-100K layout",
+        description="Write OUT/Annotations/<split>.json (COCO, 0-based category ids) and OUT/JPEGImages/<split>/ "
+        "(images hard-linked, else symlinked, or copied; renamed 0000001.ext, numbers continuing after those in OUT) "
+        "plus OUT/convert_report.json. voc: Annotations/*.xml + JPEGImages/ (or images next to the xml; "
+        "ImageSets/Main/<split>.txt restricts the ids); yolo: images/ + labels/ (or images/<split>/ + labels/<split>/, "
+        "or one flat folder) with normalised 'cls cx cy w h', names from data.yaml / classes.txt or --classes; "
+        "dota: images/ + labelTxt/ (or annfiles/), polygons -> enclosing boxes; coco: a json (SRC, "
+        "SRC/Annotations/<split>.json or the only *.json in SRC) + its images. Boxes are clipped to the image, empty "
+        "ones dropped; every dropped box is counted with its reason. Nothing is written when a label file is bad.",
+        epilog="Then run: sarmae data check OUT",
+    )
+    conv.add_argument("src", help="source dataset folder (coco: the json file or its folder)")
+    conv.add_argument("out", help="output dataset root (other splits already there are kept)")
+    conv.add_argument("--from", dest="fmt", required=True, metavar="{voc,yolo,dota,coco}", help="source format")
+    conv.add_argument("--classes", default=None, metavar="NAMES",
+                      help="'sardet' (ship,aircraft,car,tank,bridge,harbor) or 'a,b,c': class order = ids 0..; "
+                      "'ship=vessel+boat' also maps those source names to ship. Names match case-insensitively, "
+                      "other names are dropped and counted. Default: YOLO/COCO keep their own order, VOC/DOTA the "
+                      "names found, sorted")
+    conv.add_argument("--split", default="train", help="split name: Annotations/<split>.json (default: train)")
+    conv.add_argument("--copy", action="store_true", help="copy the images instead of hard-linking them")
+    conv.add_argument("--difficult", default="ignore", choices=["ignore", "keep", "drop"],
+                      help="VOC/DOTA difficult objects: ignore (default; written with ignore=1 and iscrowd=1, so "
+                      "neither training nor COCO scoring counts them), keep (ordinary boxes) or drop")
+    conv.set_defaults(func=_cmd_data_convert)
 
     for name, func, text in (
         ("pretrain", _cmd_pretrain, "MAE self-supervised pre-training of a ViT on SAR images"),
