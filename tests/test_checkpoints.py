@@ -16,11 +16,13 @@ from sarmae.models.checkpoints import (
     interpolate_pos_embed,
     load_encoder_weights,
     load_reference_mae,
+    open_checkpoint,
     read_state_dict,
     save_encoder_safetensors,
     save_reference_mae,
 )
 from sarmae.models.mae import MaskedAutoencoder
+from sarmae.models.vit import resize_pos_embed
 
 TINY = dict(
     patch_size=16, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2
@@ -189,3 +191,60 @@ def test_encoder_safetensors_export(tmp_path):
     report = load_encoder_weights(dst, path)
     assert sorted(report.loaded) == sorted(tensors) and not report.missing
     assert_same_encoder(src, dst, skip=())
+
+
+def test_one_pos_embed_resizer_equals_timm():
+    """Checkpoint loading and the ViTDet forward share models.vit.resize_pos_embed: timm's bicubic resampling."""
+    from timm.layers import resample_abs_pos_embed
+
+    torch.manual_seed(14)
+    pos = torch.randn(1, 1 + 14 * 14, 8)
+    for new in ((16, 16), (50, 30), (7, 9)):
+        want = resample_abs_pos_embed(pos, new_size=list(new), old_size=[14, 14], num_prefix_tokens=1, antialias=False)
+        assert torch.equal(resize_pos_embed(pos, new, (14, 14), num_prefix_tokens=1), want)
+        grid_only = resample_abs_pos_embed(pos[:, 1:], new_size=list(new), old_size=[14, 14], num_prefix_tokens=0,
+                                           antialias=False)
+        assert torch.equal(resize_pos_embed(pos[:, 1:], new, (14, 14)), grid_only)
+    assert torch.equal(interpolate_pos_embed(pos, 16), resize_pos_embed(pos, (16, 16), (14, 14), 1))
+    assert resize_pos_embed(pos, (14, 14), (14, 14), 1) is pos
+    half = resize_pos_embed(pos.bfloat16(), (16, 16), (14, 14), 1)  # computed in float32, cast back
+    assert half.dtype == torch.bfloat16
+
+
+class _Payload:  # a plain importable class: refused by weights_only, harmless if it ever were loaded
+    def __init__(self) -> None:
+        self.x = 1
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_pickle_with_python_objects_is_refused_with_our_line(tmp_path, legacy):
+    """Legacy (non-zip) and zip torch pickles holding objects: one CheckpointError line naming the file and why,
+    never torch's unpickling advice or its mmap message, whichever reader opens the file."""
+    import pickle
+
+    from sarmae.infer.detector_io import load_detector
+
+    path = tmp_path / "old.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "meta": _Payload()}, path, _use_new_zipfile_serialization=not legacy)
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=4))
+    for reader in (read_state_dict, lambda p: open_checkpoint(p, mmap=True), load_detector):
+        for file in (path, plain):
+            with pytest.raises(CheckpointError) as info:
+                reader(file)
+            message = str(info.value)
+            assert "\n" not in message and str(file) in message, message
+            assert "untrusted pickles are not loaded" in message and "re-save" in message and "safetensors" in message
+            assert "mmap" not in message and "Weights only load failed" not in message
+    with pytest.raises(CheckpointError, match="_Payload"):
+        read_state_dict(path)
+
+
+def test_legacy_format_state_dict_loads_even_when_memory_mapped(tmp_path):
+    sd = tiny_mae(seed=15).encoder_state_dict()
+    path = tmp_path / "legacy.pth"
+    torch.save(sd, path, _use_new_zipfile_serialization=False)
+    opened = open_checkpoint(path, mmap=True)  # mmap needs the zip format: read normally instead
+    assert opened.keys() == sd.keys() and all(torch.equal(opened[k], sd[k]) for k in sd)
+    with pytest.raises(CheckpointError, match="no such file; check the path"):
+        open_checkpoint(tmp_path / "nope.pth")

@@ -192,3 +192,14 @@ def test_robust_wrapper_skips_and_counts_corrupt_image(tiny_coco, caplog):
     assert "0000008.png" in caplog.text
     with pytest.raises(DataError, match="0000008.png"):
         SkipBadSamples(ds.dataset, strict=True)[1]
+
+
+def test_clip_box_is_the_one_box_rule():
+    from sarmae.data.coco import clip_box
+
+    assert clip_box(4, 6, 20, 10, 64, 48) == ("kept", (4, 6, 24, 16))
+    assert clip_box(50, 30, 30, 30, 64, 48) == ("clipped", (50, 30, 64, 48))
+    assert clip_box(-2, 0, 5, 5, 64, 48) == ("clipped", (0.0, 0, 3, 5))
+    assert clip_box(70, 10, 5, 5, 64, 48) == ("dropped", None)  # entirely outside
+    assert clip_box(10, 10, 0, 5, 64, 48) == ("dropped", None)  # zero width
+    assert clip_box(10, 10, -1, 5, 64, 48) == ("negative", None)

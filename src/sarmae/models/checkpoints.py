@@ -15,6 +15,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,9 @@ def open_checkpoint(
             ) from None
     is_zip = zipfile.is_zipfile(path)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            # torch's note on a pickle protocol it did not write; the failure, if any, is reported below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except Exception as exc:  # noqa: BLE001
         blocked = _blocked_global(exc)
@@ -116,17 +119,20 @@ def read_state_dict(path: str | Path) -> StateDict:
     Unwraps ``{'state_dict': ...}`` (Lightning; a ``model.`` prefix on every key is removed),
     ``{'model': ...}`` (official MAE) and a ``module.`` (DDP) prefix. Non-tensor entries are dropped.
     """
-    path = Path(path)
-    obj = open_checkpoint(path)
+    return unwrap_state_dict(open_checkpoint(path), path)
+
+
+def unwrap_state_dict(obj: object, source: str | Path) -> StateDict:
+    """The tensors of an opened checkpoint (see :func:`read_state_dict`); ``source`` names it in errors."""
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
             break
     if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path}: holds a {type(obj).__name__}, not a dict of weights")
+        raise CheckpointError(f"checkpoint {source}: holds a {type(obj).__name__}, not a dict of weights")
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise CheckpointError(f"checkpoint {path}: contains no tensors")
+        raise CheckpointError(f"checkpoint {source}: contains no tensors")
     for prefix in ("model.", "module."):
         tensors = _strip_common_prefix(tensors, prefix)
     return tensors
