@@ -247,12 +247,13 @@ TINY = {"size": "tiny", "img_size": 128, "pretrain_img_size": 128, "embed_dim": 
 
 @pytest.fixture(scope="module")
 def tiny_module():
-    from sarmae.train.finetune import ViTDetFinetuning
+    """An untrained detector as inference builds it (no training code involved)."""
+    from sarmae.infer.detector_io import Detector
 
     torch.manual_seed(0)
     classes = {"names": ["ship", "aircraft", "car", "tank", "bridge", "harbor"],
                "label_to_cat_id": {k: k - 1 for k in range(1, 7)}}
-    return ViTDetFinetuning({"model": TINY, "data": {"scaling": {"mode": "percentile"}}}, classes).eval()
+    return Detector.build({"model": TINY, "data": {"scaling": {"mode": "percentile"}}}, classes).eval()
 
 
 def test_predict_scene_with_the_tiny_detector_writes_all_outputs(tmp_path, tiny_module):

@@ -1,12 +1,27 @@
-"""Loading a fine-tuned detector checkpoint (untrusted file: ``weights_only=True``) and picking a device."""
+"""Loading a fine-tuned detector for inference (untrusted file: ``weights_only=True``) and picking a device.
+
+Inference stands on its own: a fine-tuning checkpoint (``weights/best.ckpt`` / ``last.ckpt``, a Lightning file
+with ``hyper_parameters`` {cfg, classes} and a ``state_dict`` whose keys start with ``model.``) is opened with
+:func:`sarmae.models.checkpoints.open_checkpoint`, the detector is rebuilt from its own config with
+:func:`sarmae.models.vitdet.build_detector` and its weights are loaded strictly. No training code is involved.
+"""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from sarmae.config import get_dotted
 from sarmae.errors import CheckpointError, SarmaeError
+from sarmae.models.checkpoints import open_checkpoint
+from sarmae.models.vitdet import build_detector, keep_boxes_float32, set_max_dets
+
+ADVICE = "pass weights/best.ckpt of a finetune run"
+STATE_PREFIX = "model."  # the Lightning module holds the torchvision detector at ``self.model``
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -28,44 +43,107 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def load_detector(path: Path):
-    """A :class:`ViTDetFinetuning` module in eval mode from ``weights/best.ckpt`` / ``last.ckpt`` of a finetune run.
+def inference_autocast(precision: str, device: torch.device):
+    """The training precision (``trainer.precision``) as an autocast context on a GPU; full precision on CPU
+    (bf16 is slow there) and for ``32-true``. Boxes stay float32 (:func:`sarmae.models.vitdet.keep_boxes_float32`)."""
+    if torch.device(device).type != "cuda":
+        return nullcontext()
+    if str(precision) in ("bf16-mixed", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if str(precision) in ("16-mixed", "16"):
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+@dataclass
+class Detector:
+    """A fine-tuned detector ready for inference: the torchvision Faster R-CNN (``model``) and what its checkpoint
+    remembers: the run's ``cfg`` and ``classes`` = {"names": [...], "label_to_cat_id": {label: file category id}}.
+
+    ``label_to_cat_id`` maps the detector's labels 1..K back to the dataset's category ids on every output.
+    """
+
+    model: torch.nn.Module
+    cfg: dict
+    classes: dict
+    configured_dets: int
+    label_to_cat_id: dict[int, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.label_to_cat_id = {int(k): int(v) for k, v in self.classes["label_to_cat_id"].items()}
+
+    @classmethod
+    def build(cls, cfg: dict, classes: dict) -> Detector:
+        """Fresh (untrained) detector for a run config and its classes, set up as the training module sets it up:
+        float32 boxes under autocast, ``eval.max_dets`` detections kept per image."""
+        model = build_detector(cfg.get("model") or {}, num_classes=len(classes["names"]) + 1)
+        keep_boxes_float32(model)
+        detector = cls(model, cfg, classes, int(model.roi_heads.detections_per_img))
+        detector.set_max_dets(int(get_dotted(cfg, "eval.max_dets", 100)))
+        return detector
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.classes["names"])
+
+    def class_info(self) -> dict:
+        """Same layout as :func:`sarmae.data.loaders.class_info` of the dataset it was trained on."""
+        return {"names": self.names, "label_to_cat_id": dict(self.label_to_cat_id)}
+
+    def set_max_dets(self, max_dets: int) -> None:
+        """COCO scores up to ``max_dets`` detections per image, so the detector must keep at least that many."""
+        set_max_dets(self.model, max_dets, self.configured_dets)
+
+    def to(self, device: torch.device | str) -> Detector:
+        self.model.to(device)
+        return self
+
+    def eval(self) -> Detector:
+        self.model.eval()
+        return self
+
+
+def load_detector(path: Path) -> Detector:
+    """A :class:`Detector` in eval mode from ``weights/best.ckpt`` / ``last.ckpt`` of a finetune run.
 
     The file is memory-mapped, so the optimiser state of a large checkpoint is never read into RAM.
     """
-    from sarmae.train.finetune import ViTDetFinetuning
-
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint; pass weights/best.ckpt of a finetune run")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
+        raise CheckpointError(f"{path}: no such checkpoint; {ADVICE}")
+    ckpt = open_checkpoint(path, mmap=True, missing=ADVICE, advice=ADVICE)
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "classes" not in hparams or "cfg" not in hparams:
         hint = " (it looks like an MAE pre-training checkpoint: fine-tune it first)" if _is_mae(hparams) else ""
         raise CheckpointError(f"{path}: not a sarmae detector checkpoint (made by 'sarmae finetune'){hint}")
     try:
-        module = ViTDetFinetuning(hparams["cfg"], hparams["classes"])
+        detector = Detector.build(hparams["cfg"], hparams["classes"])
     except SarmaeError as exc:
         raise CheckpointError(f"{path}: its config cannot be rebuilt ({exc})") from None
-    state = {k[len("model."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("model.")}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: its config or classes cannot be read ({type(exc).__name__}: {exc})") from None
+    state = _strip_prefix(ckpt.get("state_dict") or {}, STATE_PREFIX)
     try:
-        missing, unexpected = module.model.load_state_dict(state, strict=False)
+        missing, unexpected = detector.model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
         reason = str(exc).strip().splitlines()[-1].strip()[:160]
         raise CheckpointError(f"{path}: weights do not fit the detector in its own config ({reason})") from None
-    if missing or unexpected:
+    if missing or unexpected:  # strict, with a readable line instead of torch's key lists
         keys = (missing or unexpected)[:3]
         raise CheckpointError(
             f"{path}: weights do not fit the detector in its own config ({len(missing)} missing, "
             f"{len(unexpected)} unexpected, e.g. {', '.join(keys)}); the file is damaged or not a sarmae detector"
         )
-    return module.eval()
+    return detector.eval()
+
+
+def _strip_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
 
 
 def _is_mae(hparams: object) -> bool:
     cfg = hparams.get("cfg") if isinstance(hparams, dict) else None
     return isinstance(cfg, dict) and "decoder_embed_dim" in (cfg.get("model") or {})
+
+
+__all__ = ["Detector", "inference_autocast", "load_detector", "pick_device"]

@@ -1,28 +1,30 @@
 """``sarmae evaluate``: COCO bbox metrics of a detector checkpoint on one split (paper Table 1 row).
 
-Runs through Lightning's ``validate`` so the code path is the one of training-time validation, and writes
-``metrics.json`` (Table 1 keys + per_class, strict JSON: NaN becomes null), ``results.json`` (COCO results with
-the dataset's own image and category ids) and ``samples.png`` (ground truth | prediction, paper Figure 3 style).
+The computation is the one of training-time validation (same loader, detector outputs -> :func:`~sarmae.infer.
+metrics.detections_to_coco` -> :func:`~sarmae.infer.metrics.coco_metrics`, the training precision on a GPU), without
+any training code, and writes ``metrics.json`` (Table 1 keys + per_class, strict JSON: NaN becomes null),
+``results.json`` (COCO results with the dataset's own image and category ids) and ``samples.png`` (ground truth |
+prediction, paper Figure 3 style).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 from typing import Any
 
-import lightning as L
+import torch
 from PIL import Image
+from tqdm import tqdm
 
 from sarmae.data.coco import CocoDetection
 from sarmae.data.io import IntensityScaling
+from sarmae.data.loaders import class_info, detection_loader
 from sarmae.errors import ConfigError, DataError
-from sarmae.infer.detector_io import load_detector, pick_device
-from sarmae.infer.metrics import format_table
-from sarmae.infer.predict import draw_boxes
-from sarmae.train.finetune import class_info, detection_loader
+from sarmae.infer.detector_io import Detector, inference_autocast, load_detector, pick_device
+from sarmae.infer.drawing import draw_boxes
+from sarmae.infer.metrics import coco_metrics, detections_to_coco, format_table
 
 
 def json_safe(obj: Any) -> Any:
@@ -51,41 +53,50 @@ def evaluate_checkpoint(
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be >= 1")
     dev = pick_device(device)
-    module = load_detector(checkpoint)
-    cfg = module.cfg
+    detector = load_detector(checkpoint)
+    cfg = detector.cfg
     dataset = CocoDetection(
         data_root, split, scaling=IntensityScaling.from_config((cfg.get("data") or {}).get("scaling")),
         keep_empty=True,
     )
-    if class_info(dataset) != {"names": list(module.classes["names"]), "label_to_cat_id": module.label_to_cat_id}:
+    if class_info(dataset) != detector.class_info():
         raise DataError(
             f"{dataset.ann_file}: categories {dict(zip(dataset.label_to_cat_id.values(), dataset.class_names))} "
-            f"differ from the checkpoint's {dict(zip(module.label_to_cat_id.values(), module.classes['names']))} "
+            f"differ from the checkpoint's {dict(zip(detector.label_to_cat_id.values(), detector.names))} "
             "(id: name); evaluate on a dataset with the categories the model was trained for"
         )
     if len(dataset) == 0:
         raise DataError(f"{dataset.ann_file}: no images to evaluate")
-    module.coco_gt = dataset.coco_gt
-    module.set_max_dets(max_dets)
-    # Full precision on CPU (bf16 there is slow); the training precision on a GPU.
-    precision = str(get_precision(cfg)) if dev.type == "cuda" else "32-true"
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    trainer = L.Trainer(
-        accelerator="gpu" if dev.type == "cuda" else "cpu", devices=[dev.index or 0] if dev.type == "cuda" else 1,
-        logger=False, enable_model_summary=False, enable_checkpointing=False, precision=precision,
-    )
+    detector.set_max_dets(max_dets)
     loader = detection_loader(dataset, {**cfg, "batch_size": batch_size}, train=False)
-    trainer.validate(module, loader, verbose=False)
-    metrics = module.metrics
+    results = detect_split(detector, loader, dev, get_precision(cfg))
+    names = dict(zip(detector.label_to_cat_id.values(), detector.names))
+    metrics = coco_metrics(dataset.coco_gt, results, max_dets=max_dets, class_names=names)
     print(format_table({split: metrics}))
     out = Path(out) if out else Path("runs") / "evaluate" / f"{Path(checkpoint).parent.parent.name}_{split}"
     out.mkdir(parents=True, exist_ok=True)
     summary = {**metrics, "checkpoint": str(checkpoint), "data": str(data_root), "split": split, "max_dets": max_dets}
     (out / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
-    (out / "results.json").write_text(json.dumps(module.last_results, allow_nan=False))
-    save_gt_vs_prediction(dataset, module.last_results, out / "samples.png", module.classes)
+    (out / "results.json").write_text(json.dumps(results, allow_nan=False))
+    save_gt_vs_prediction(dataset, results, out / "samples.png", detector.classes)
     print(f"wrote {out / 'metrics.json'}, {out / 'results.json'}, {out / 'samples.png'}")
     return metrics
+
+
+@torch.inference_mode()
+def detect_split(detector: Detector, loader, device: torch.device, precision: str = "32-true") -> list[dict]:
+    """COCO results (the dataset's image and category ids) for every readable image of ``loader`` (batches of
+    :func:`sarmae.data.loaders.detection_loader`), as training-time validation computes them. Full precision on
+    CPU (bf16 there is slow); the training ``precision`` on a GPU."""
+    model = detector.model.to(device).eval()
+    results: list[dict] = []
+    with inference_autocast(precision, device):
+        for images, targets, _ in tqdm(loader, desc="evaluate", unit="batch", leave=False):
+            if not images:  # every image of this batch was unreadable (warnings name them)
+                continue
+            outputs = model([image.to(device, non_blocking=True) for image in images])
+            results += detections_to_coco([int(t["image_id"]) for t in targets], outputs, detector.label_to_cat_id)
+    return results
 
 
 def get_precision(cfg: dict) -> str:

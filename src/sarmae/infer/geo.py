@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sarmae.data.scene import Georef, Scene
-from sarmae.infer.sliced import Detections
+from sarmae.infer.detections import Detections, coco_result
+from sarmae.infer.drawing import class_colour
 
 
 def pixel_to_lonlat(georef: Georef, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,15 +75,11 @@ def _category(labels: np.ndarray, names: list[str], label_to_cat_id: dict) -> tu
 
 
 def write_coco(path: Path, dets: Detections, file_name: str, names: list[str], label_to_cat_id: dict) -> Path:
-    """COCO results list (``image_id`` 0, ``bbox`` [x, y, w, h] in scene px) plus ``file_name`` / ``category_name``."""
+    """COCO results list (:func:`~sarmae.infer.detections.coco_result`: ``image_id`` 0, ``bbox`` [x, y, w, h] in
+    scene px) plus ``file_name`` / ``category_name``."""
     ids, cat_names = _category(dets.labels, names, label_to_cat_id)
-    results = [
-        {"image_id": 0, "file_name": file_name, "category_id": cid, "category_name": cname,
-         "bbox": [round(float(b[0]), 2), round(float(b[1]), 2), round(float(b[2] - b[0]), 2),
-                  round(float(b[3] - b[1]), 2)],
-         "score": round(float(s), 4)}
-        for b, s, cid, cname in zip(dets.boxes, dets.scores, ids, cat_names)
-    ]
+    results = [coco_result(0, cid, box, score, file_name=file_name, category_name=cname)
+               for box, score, cid, cname in zip(dets.boxes, dets.scores, ids, cat_names)]
     path.write_text(json.dumps(results, indent=1))
     return path
 
@@ -125,13 +122,6 @@ def write_geojson(path: Path, dets: Detections, names: list[str], label_to_cat_i
     return path
 
 
-def _colour(label: int) -> tuple[int, int, int]:
-    from matplotlib import colormaps
-
-    rgb = colormaps["tab10"]((int(label) - 1) % 10)[:3]
-    return tuple(int(round(255 * v)) for v in rgb)
-
-
 def write_preview(path: Path, scene: Scene, dets: Detections, names: list[str], max_side: int = 2048) -> Path:
     """Downscaled scene (longest side <= ``max_side``) with class-coloured boxes and a legend."""
     image, _, scale = scene.overview(max_side)
@@ -144,11 +134,11 @@ def write_preview(path: Path, scene: Scene, dets: Detections, names: list[str], 
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         x1, x2 = min(x1, cx - 2), max(x2, cx + 2)
         y1, y2 = min(y1, cy - 2), max(y2, cy + 2)
-        draw.rectangle([x1, y1, x2, y2], outline=_colour(label), width=width)
+        draw.rectangle([x1, y1, x2, y2], outline=class_colour(label), width=width)
     for k, name in enumerate(names):
         count = int((dets.labels == k + 1).sum())
         if count:
-            draw.text((4, 4 + 12 * k), f"{name}: {count}", fill=_colour(k + 1))
+            draw.text((4, 4 + 12 * k), f"{name}: {count}", fill=class_colour(k + 1))
     canvas.save(path)
     return path
 

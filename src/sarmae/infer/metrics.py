@@ -25,6 +25,7 @@ import torch.distributed as dist
 from faster_coco_eval import COCO, COCOeval_faster
 
 from sarmae.errors import ConfigError, DataError
+from sarmae.infer.detections import coco_result
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def detections_to_coco(
     outputs: Sequence[Mapping[str, torch.Tensor]],
     label_to_cat_id: Mapping[int, int],
 ) -> list[dict[str, Any]]:
-    """torchvision detector outputs -> COCO results.
+    """torchvision detector outputs -> COCO results (:func:`sarmae.infer.detections.coco_result`).
 
     ``outputs[i]`` holds ``boxes`` (N,4) xyxy pixels, ``labels`` (N,) int64 in 1..K and ``scores`` (N,)
     for image ``image_ids[i]``. Boxes become xywh rounded to 0.01 px and scores to 1e-5 (sub-pixel
@@ -159,20 +160,14 @@ def detections_to_coco(
     mapping = {int(k): int(v) for k, v in label_to_cat_id.items()}
     results = []
     for img_id, out in zip(ids, outputs, strict=True):
-        boxes = out["boxes"].detach().to("cpu", torch.float64).reshape(-1, 4)
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        boxes = out["boxes"].detach().to("cpu", torch.float64).reshape(-1, 4).tolist()
         labels = out["labels"].detach().cpu().reshape(-1).tolist()
         scores = out["scores"].detach().to("cpu", torch.float64).reshape(-1).tolist()
-        for box, label, score in zip(xywh, labels, scores, strict=True):
+        for box, label, score in zip(boxes, labels, scores, strict=True):
             if label not in mapping:
                 raise DataError(f"detector label {label} has no category id (known labels "
                                 f"{sorted(mapping)}); the checkpoint's num_classes does not fit this dataset")
-            results.append({
-                "image_id": int(img_id),
-                "category_id": mapping[label],
-                "bbox": [round(v, 2) for v in box],
-                "score": round(score, 5),
-            })
+            results.append(coco_result(img_id, mapping[label], box, score))
     return results
 
 

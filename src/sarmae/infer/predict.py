@@ -18,19 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from sarmae.data.io import IMAGE_EXTENSIONS, IntensityScaling, read_image
 from sarmae.errors import ConfigError, DataError
+from sarmae.infer.detections import coco_result
 from sarmae.infer.detector_io import load_detector, pick_device
+from sarmae.infer.drawing import draw_boxes
 from sarmae.infer.sliced import check_options, is_large, predict_scene
 
 SLICED = ("auto", "always", "never")
-
-# Tab10-like colours, one per class label (1-based; cycles for more classes).
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -55,19 +52,6 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     if not unique:
         raise DataError(f"no images found in {' '.join(inputs)} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     return unique
-
-
-def draw_boxes(image: np.ndarray, boxes, labels, scores, names: list[str], width: int = 2) -> Image.Image:
-    """``image`` float (H, W, 3) in [0, 1]; boxes xyxy pixels; labels 1..K; scores or None; returns an RGB image."""
-    canvas = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).convert("RGB")
-    draw = ImageDraw.Draw(canvas)
-    for box, label, score in zip(boxes, labels, scores):
-        colour = PALETTE[(int(label) - 1) % len(PALETTE)]
-        x1, y1, x2, y2 = (float(v) for v in box)
-        draw.rectangle([x1, y1, max(x1, x2), max(y1, y2)], outline=colour, width=width)
-        text = names[int(label) - 1] + ("" if score is None else f" {float(score):.2f}")
-        draw.text((x1 + 2, max(0.0, y1 - 11)), text, fill=colour)
-    return canvas
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -110,10 +94,10 @@ def predict(
         raise ConfigError(f"--sliced {sliced}: use one of {', '.join(SLICED)}")
     paths = expand_inputs(inputs)
     dev = pick_device(device)
-    module = load_detector(checkpoint)
-    model = module.model.to(dev).eval()
-    names = list(module.classes["names"])
-    cfg = module.cfg or {}
+    detector = load_detector(checkpoint)
+    model = detector.model.to(dev).eval()
+    names = detector.names
+    cfg = detector.cfg or {}
     scaling = IntensityScaling.from_config(scaling if scaling is not None else (cfg.get("data") or {}).get("scaling"))
     tile = int(tile_size or (cfg.get("model") or {}).get("img_size", 800))
     check_options(tile, overlap, merge, merge_iou, "iou", batch_size, score_threshold)
@@ -128,7 +112,7 @@ def predict(
         if path not in large:
             continue
         try:
-            summary = predict_scene(module, path, out, tile_size=tile, overlap=overlap, merge=merge, iou=merge_iou,
+            summary = predict_scene(detector, path, out, tile_size=tile, overlap=overlap, merge=merge, iou=merge_iou,
                                     full_image_pass=full_image_pass, batch_size=batch_size,
                                     score_threshold=score_threshold, device=dev, scaling=scaling)
         except (DataError, OSError) as exc:
@@ -154,13 +138,8 @@ def predict(
                 keep = output["scores"] >= score_threshold
                 boxes, labels, scores = (output[k][keep].float().cpu() for k in ("boxes", "labels", "scores"))
                 for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
-                    predictions.append({
-                        "image_id": index + 1, "file_name": str(paths[index]),
-                        "category_id": module.label_to_cat_id[int(label)], "category_name": names[int(label) - 1],
-                        "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
-                                 round(box[3] - box[1], 2)],
-                        "score": round(float(score), 5),
-                    })
+                    predictions.append(coco_result(index + 1, detector.label_to_cat_id[int(label)], box, score,
+                                                   file_name=str(paths[index]), category_name=names[int(label) - 1]))
                 draw_boxes(image, boxes, labels, scores, names).save(out / renders[index])
         bar.update(len(chips[start : start + batch_size]))
     bar.close()
@@ -172,3 +151,6 @@ def predict(
     print(f"{len(predictions)} detections (score >= {score_threshold}) in {len(paths) - skipped} images{scenes} -> "
           f"{out / 'predictions.json'}" + (f"; skipped {skipped} unreadable (messages above)" if skipped else ""))
     return predictions
+
+
+__all__ = ["SLICED", "draw_boxes", "expand_inputs", "output_names", "predict"]  # draw_boxes: from infer.drawing

@@ -19,7 +19,7 @@ from sarmae.data.io import IntensityScaling, read_image  # noqa: E402
 from sarmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from sarmae.data.unlabeled import UnlabeledImages, find_images  # noqa: E402
 from sarmae.errors import CheckpointError, ConfigError, DataError  # noqa: E402
-from sarmae.models.checkpoints import read_state_dict  # noqa: E402
+from sarmae.models.checkpoints import open_checkpoint, unwrap_state_dict  # noqa: E402
 from sarmae.models.mae import MaskedAutoencoder, build_mae  # noqa: E402
 
 COLUMNS = ("original", "masked input", "reconstruction", "reconstruction + visible")
@@ -147,18 +147,14 @@ def load_mae_checkpoint(path: Path) -> tuple[MaskedAutoencoder, dict]:
         raise CheckpointError(f"{path}: no such checkpoint; {advice}")
     if path.suffix == ".safetensors":
         raise CheckpointError(f"{path}: holds the encoder only, the figure needs the MAE decoder too; {advice}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); {advice}") from None
+    ckpt = open_checkpoint(path, missing=advice, advice=advice)
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     cfg = (hparams or {}).get("cfg") if isinstance(hparams, dict) else None
     if not isinstance(cfg, dict) or "classes" in hparams:
         raise CheckpointError(f"{path}: not a sarmae MAE pre-training checkpoint; {advice}")
     try:
         model = build_mae(cfg.get("model") or {})
-        model.load_state_dict(read_state_dict(path))
+        model.load_state_dict(unwrap_state_dict(ckpt, path))
     except (ConfigError, RuntimeError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise CheckpointError(f"{path}: weights do not fit its own MAE config ({reason}); {advice}") from None

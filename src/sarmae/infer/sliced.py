@@ -44,6 +44,9 @@ from tqdm import tqdm
 from sarmae.data.io import IntensityScaling
 from sarmae.data.scene import Scene, open_scene, scene_size
 from sarmae.errors import ConfigError, DataError
+from sarmae.infer.detections import Detections
+from sarmae.infer.detector_io import load_detector, pick_device
+from sarmae.infer.geo import write_outputs
 
 MERGES = ("nms", "greedy")
 METRICS = ("ios", "iou")
@@ -66,22 +69,6 @@ class Tile:
     h: int
     index: int = 0
     scale: float = 1.0
-
-
-@dataclass
-class Detections:
-    """Scene detections: ``boxes`` (N, 4) float64 xyxy scene px, ``scores`` (N,) float32, ``labels`` (N,) int64."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    @classmethod
-    def empty(cls) -> Detections:
-        return cls(np.zeros((0, 4)), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
 
 # A tile detector: batch of tile images (3, T, T) in [0, 1] and their tiles -> one torchvision-style dict per
@@ -492,14 +479,12 @@ def predict_scene(
 ) -> dict:
     """Detect objects on a large scene and write COCO JSON, CSV, GeoJSON and a preview PNG into ``out_dir``.
 
-    ``module``: a loaded detector (:func:`sarmae.infer.detector_io.load_detector`) or a checkpoint path.
+    ``module``: a loaded detector (:func:`sarmae.infer.detector_io.load_detector`; anything with ``model``,
+    ``cfg``, ``classes`` and ``label_to_cat_id``) or a checkpoint path.
     ``scaling`` defaults to the checkpoint's ``data.scaling``; ``tile_size`` to ``model.img_size``. Returns
     a summary dict (scene size, tiles, detections per class, timing, scaling bounds, output paths), also
     written to ``STEM.summary.json``.
     """
-    from sarmae.infer.detector_io import load_detector, pick_device
-    from sarmae.infer.geo import write_outputs
-
     if isinstance(module, (str, Path)):
         module = load_detector(Path(module))
     cfg = getattr(module, "cfg", {}) or {}
