@@ -22,37 +22,61 @@ TINY_MAE = ["model.embed_dim=64", "model.depth=2", "model.num_heads=2", "model.i
             "batch_size=8", "data.workers=0"]
 
 
-def test_demo_runs_every_step_and_writes_table_and_figures(tmp_path, monkeypatch, capsys):
+ROWS = {"- (scratch)", "natural images (MAE)", "SAR (MAE, pixel target)", "SAR (MAE, gradient target)"}
+
+
+def test_demo_runs_every_step_and_writes_tables_and_figures(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SARMAE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     overrides = ["data.train=12", "data.val=6", "data.unlabeled=16", "data.size=64",
                  f"pretrain.overrides={TINY_MAE}",
                  f"finetune.overrides={['model.pretrain_img_size=64', *TINY_DETECTOR]}"]
-    assert main(["demo", "--out", str(out), *overrides]) == 0
+    assert main(["demo", "--out", str(out), "--seeds", "2", *overrides]) == 0
     printed = capsys.readouterr().out
     table = (out / "table.md").read_text()
-    assert "| Pre-train data" in table and "- (scratch)" in table and "SAR (synthetic, MAE)" in table
+    assert all(label in table for label in ROWS) and "Δ mAP vs - (scratch)" in table
     assert "12 labeled / 16 unlabeled images" in table and table.split("\n\n", 1)[1].strip() in printed
     rows = json.loads((out / "table.json").read_text())
-    assert set(rows) == {"- (scratch)", "SAR (synthetic, MAE)"}
-    for row in rows.values():
-        assert len(row["runs"]) == 1 and set(row["summary"]) == {"mAP", "AP50", "AP75", "mAP_s", "mAP_m", "mAP_l"}
-    # identical budgets: both rows trained the same number of steps with the same seed
-    configs = [yaml.safe_load((out / f"finetune_{init}_seed0" / "config.yaml").read_text())
-               for init in ("scratch", "sar")]
-    assert [c.pop("init") for c in configs] == ["scratch", "sar"] and configs[1].pop("weights").endswith(".safetensors")
-    for cfg in configs:
-        cfg.pop("out"), cfg.pop("weights", None)
-    assert configs[0] == configs[1] and configs[0]["epochs"] == 1 and configs[0]["seed"] == 0
-    assert (out / "figure2_reconstruction.png").stat().st_size > 0
-    assert (out / "figure3_detections.png").stat().st_size > 0
-    logs = sorted(out.glob("finetune_*_seed0/log.txt"))
-    if os.cpu_count() > 1:  # the two rows ran side by side, each logging to its own file
-        assert "2 at a time" in printed and len(logs) == 2
+    assert set(rows) == ROWS
+    for label, row in rows.items():
+        assert len(row["runs"]) == 2 and set(row["summary"]) == {"mAP", "AP50", "AP75", "mAP_s", "mAP_m", "mAP_l"}
+        if label == "- (scratch)":
+            assert "paired_vs_baseline" not in row
+            continue
+        paired = row["paired_vs_baseline"]
+        assert paired["baseline"] == "- (scratch)"
+        for column in ("mAP", "AP50"):  # per seed: this row's run minus the scratch run of the same seed
+            expected = [r[column] - s[column] for r, s in zip(row["runs"], rows["- (scratch)"]["runs"])]
+            assert paired[column]["per_seed"] == pytest.approx(expected)
+    # one recipe: every fine-tuning run has the same config apart from its init, weights, seed and folder
+    configs = {path.parent.name: yaml.safe_load(path.read_text()) for path in out.glob("finetune_*/config.yaml")}
+    assert len(configs) == 8
+    for name, cfg in configs.items():
+        assert cfg.pop("seed") == int(name[-1]) and cfg.pop("init") == ("scratch" if "scratch" in name else "sar")
+        assert cfg.pop("out").endswith(name)
+        weights = cfg.pop("weights")
+        assert weights is None if "scratch" in name else weights.endswith(".safetensors")
+    assert all(cfg == configs["finetune_scratch_seed0"] for cfg in configs.values())
+    # one pre-training budget: the three runs differ only in their images and their target
+    pre = {path.parent.name: yaml.safe_load(path.read_text()) for path in out.glob("pretrain_*/config.yaml")}
+    assert {p["model"].pop("target") for p in pre.values()} == {"pixels", "gradients"}
+    assert Path(pre["pretrain_natural"]["data"].pop("images")).name.startswith("natural_")
+    for p in pre.values():
+        p.pop("out"), p["data"].pop("images", None)
+    assert pre["pretrain_natural"] == pre["pretrain_sar_pixels"] == pre["pretrain_sar_gradients"]
+    # probes of the three encoders and random init, printed beside the table
+    probe = json.loads((out / "probe.json").read_text())
+    assert len(probe["encoders"]) == 4 and "random init" in (out / "probe.md").read_text()
+    assert "objectness AP" in printed
+    for figure in ("figure2_reconstruction.png", "figure3_detections.png", "learning_curves.png"):
+        assert (out / figure).stat().st_size > 0
+    logs = sorted(out.glob("*/log.txt"))
+    if os.cpu_count() > 1:  # the steps ran side by side, each logging to its own file
+        assert "2 at a time" in printed and len(logs) == 12
     assert "init=sar from" in printed + "".join(log.read_text() for log in logs)
-    # the dataset is cached: a second demo into another folder does not generate it again
-    cached = list((tmp_path / "cache").iterdir())
-    assert len(cached) == 1 and (cached[0] / "synth.json").is_file()
+    # the datasets are cached: a second demo into another folder does not generate them again
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(cached) == 2 and cached[0].startswith("natural_") and cached[1].startswith("synth_")
 
 
 @pytest.fixture()
@@ -100,12 +124,34 @@ def test_reproduce_prints_the_plan_and_resumes_where_it_stopped(tiny_dataset, tm
     assert set(json.loads((out / "table.json").read_text())) == {"-", "SARDet-100k"}
 
 
-def test_side_by_side_progress_reads_the_last_progress_line(tmp_path):
-    from sarmae.experiments.demo import _epochs_done
+def test_the_demo_recipe_runs_on_real_style_sar_chips(tmp_path, make_coco, capsys):
+    """Nothing in the demo's recipe depends on the generator: 8-bit JPEG chips of 200-700 px with the
+    user's own single category go through `sarmae pretrain demo/pretrain.yaml` (both targets) and
+    `sarmae finetune demo/finetune.yaml` with only paths and a short run length given."""
+    import numpy as np
 
-    log = tmp_path / "log.txt"
-    assert _epochs_done(log) == 0.0  # not started yet
-    log.write_text("init=sar from x\n" + "".join(
-        f"\rEpoch {e}:  {100 * s // 44}%|###   | {s}/44 [00:01<00:02,  2.2it/s, loss=0.5]" for e in range(3)
-        for s in range(45)) + "\rEpoch 3:  25%|##    | 11/44 [00:05<00:15, 2.2it/s]")
-    assert _epochs_done(log) == pytest.approx(3.25)
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ships"
+    splits = {"train": [(200, 260), (512, 512), (700, 380), (300, 640)], "val": [(256, 256), (450, 600)]}
+    for split, sizes in splits.items():
+        images, annotations = [], []
+        for i, (w, h) in enumerate(sizes):
+            number = 100 * (split == "val") + i + 1
+            images.append({"id": number, "file_name": f"{number:07d}.jpg", "width": w, "height": h})
+            for _ in range(3):  # small ships, 6..20 px
+                bw, bh = (int(v) for v in rng.integers(6, 21, 2))
+                x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+                annotations.append({"image_id": number, "category_id": 1, "bbox": [x, y, bw, bh]})
+        make_coco(root, split, images, annotations, categories=[{"id": 1, "name": "vessel"}], seed=len(split))
+    chips = root / "JPEGImages" / "train"
+    for target in ("pixels", "gradients"):
+        assert main(["pretrain", "demo/pretrain.yaml", f"data.images={chips}", f"model.target={target}",
+                     f"out={tmp_path / target}", "epochs=1", "batch_size=2"]) == 0
+        assert (tmp_path / target / "encoder.safetensors").is_file()
+    assert main(["finetune", "demo/finetune.yaml", f"data.root={root}", "init=sar",
+                 f"weights={tmp_path / 'gradients' / 'encoder.safetensors'}", f"out={tmp_path / 'ft'}", "epochs=1",
+                 "batch_size=2", "eval.every=1"]) == 0
+    printed = capsys.readouterr().out
+    assert "init=sar from" in printed
+    metrics = (tmp_path / "ft" / "metrics.csv").read_text()
+    assert "val_mAP" in metrics.splitlines()[0] and len(metrics.splitlines()) == 2

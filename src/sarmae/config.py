@@ -8,6 +8,7 @@ so each paper experiment is one small file. Override values are parsed as YAML, 
 from __future__ import annotations
 
 import copy
+import difflib
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -97,3 +98,48 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def save_config(cfg: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def check_keys(cfg: dict, schema: dict, where: str = "") -> None:
+    """Every key of ``cfg`` must exist in ``schema`` (the command's root config: every key it reads, with its
+    default), and a value must have the default's type (ints pass for floats; a ``null`` default takes anything).
+
+    A typo is a one-line :class:`ConfigError` naming the key and the closest valid one, never a silent default.
+    A section whose default is an empty mapping (``{}``) is open: its keys are checked by whatever reads it.
+    """
+    for key, value in cfg.items():
+        name = f"{where}{key}"
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1, cutoff=0.6)
+            hint = f"did you mean {where}{close[0]}?" if close else f"known keys here: {', '.join(map(str, schema))}"
+            raise ConfigError(f"{name}: unknown key; {hint}")
+        default = schema[key]
+        if isinstance(default, dict):
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{name}={value!r}: expected a mapping of keys (a section)")
+            if default and value:
+                check_keys(value, default, f"{name}.")
+        elif default is not None and value is not None and not _same_kind(value, default):
+            raise ConfigError(f"{name}={value!r}: expected {type(default).__name__} like the default {default!r}")
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def config_schema(root: str, model_keys: tuple[str, ...] = (), open_sections: tuple[str, ...] = ()) -> dict:
+    """The keys a command accepts: its root config (the paper's, which lists every setting with its default),
+    plus the model builder's keyword arguments under ``model``; ``open_sections`` are checked by their reader."""
+    schema = load_yaml(resolve_config_path(root))
+    for key in model_keys:
+        schema.setdefault("model", {}).setdefault(key, None)
+    for dotted in open_sections:
+        set_dotted(schema, dotted, {})
+    return schema
+

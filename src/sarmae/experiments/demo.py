@@ -22,7 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
-from sarmae.config import load_config
+from sarmae.config import check_keys, config_schema, load_config
 from sarmae.data.natural import write_natural_pool
 from sarmae.data.synth import write_dataset
 from sarmae.errors import ConfigError
@@ -55,7 +55,9 @@ def natural_pool(spec: dict) -> Path:
 def demo_plan(profile: str, overrides: list[str] | tuple[str, ...]) -> dict:
     if profile not in PROFILES:
         raise ConfigError(f"--profile {profile}: use one of {', '.join(PROFILES)}")
-    return load_config(PROFILES[profile], list(overrides))
+    plan = load_config(PROFILES[profile], list(overrides))
+    check_keys(plan, config_schema(PROFILES["cpu"]))  # the CPU plan lists every key; a typo is an error
+    return plan
 
 
 def run_demo(
