@@ -66,7 +66,7 @@ def test_target_shapes_and_decoder_width(target):
     assert pred.shape == (2, 16, width) and mask.shape == (2, 16) and torch.isfinite(loss)
     target_t = mae.loss_target(imgs)
     assert target_t.shape == (2, 16, width) and target_t.dtype == torch.float32
-    if target != "pixels":  # standardised per patch
+    if target == "norm_pixels":  # standardised per patch
         torch.testing.assert_close(target_t.mean(-1), torch.zeros(2, 16), atol=1e-5, rtol=0)
         torch.testing.assert_close(target_t.var(-1), torch.ones(2, 16), atol=1e-3, rtol=0)
 
@@ -99,7 +99,6 @@ def test_gradient_target_layout_matches_per_patch_computation():
         feats[0, f, 16 + 4 * cr : 16 + 4 * cr + 4, 4 * cc : 4 * cc + 4].mean()
         for cr in range(4) for cc in range(4) for f in range(8)
     ])
-    vec = (vec - vec.mean()) / (vec.var() + 1e-6) ** 0.5
     torch.testing.assert_close(target[0, token], vec, atol=1e-5, rtol=1e-5)
 
 
@@ -124,10 +123,11 @@ def test_global_intensity_gain_leaves_gradient_target_unchanged():
         torch.testing.assert_close(scaled, raw, atol=1e-4, rtol=0)
         target = sar_gradient_target(normalise(intens), 16)
         target_scaled = sar_gradient_target(normalise(intens * gain), 16)
-        assert (target_scaled - target).abs().max() < 0.1 and (target_scaled - target).abs().mean() < 0.005
+        moved = (target_scaled - target).abs().mean() / target.abs().mean()
+        assert moved < 0.05  # relative to the target's own size
     # The tolerance is meaningful: another speckle draw of the same scenes moves the target far more.
     other = sar_gradient_target(normalise(speckled_blobs(4, seed=1, speckle_seed=1)), 16)
-    assert (other - target).abs().mean() > 0.1
+    assert (other - target).abs().mean() / target.abs().mean() > 0.2
 
 
 @pytest.mark.parametrize("target", TARGETS)
