@@ -245,8 +245,8 @@ def build_pretrain_dataset(cfg: dict) -> SkipBadSamples:
     transform = mae_transforms(
         size=int(get_dotted(cfg, "model.img_size", 256)),
         random_resized_crop=bool(data.get("random_resized_crop", False)),
-        mean=tuple(data.get("mean", IMAGENET_MEAN)),
-        std=tuple(data.get("std", IMAGENET_STD)),
+        mean=tuple(data.get("mean") or IMAGENET_MEAN),
+        std=tuple(data.get("std") or IMAGENET_STD),
     )
     images = UnlabeledImages(
         pretrain_sources(cfg), transform=transform, scaling=IntensityScaling.from_config(data.get("scaling"))
