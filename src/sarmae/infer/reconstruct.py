@@ -132,7 +132,7 @@ def save_reconstruction_figure(
 ) -> Path:
     """Figure for the first ``count`` readable images of ``inputs`` (files, folders or COCO json)."""
     data = cfg.get("data") or {}
-    mean, std = tuple(data.get("mean", IMAGENET_MEAN)), tuple(data.get("std", IMAGENET_STD))
+    mean, std = tuple(data.get("mean") or IMAGENET_MEAN), tuple(data.get("std") or IMAGENET_STD)
     scaling = IntensityScaling.from_config(data.get("scaling"))
     images, used = load_images(list_images(inputs), model.patch_embed.img_size[0], mean, std, scaling, count)
     device = next(model.parameters()).device
