@@ -54,3 +54,18 @@ def test_configs_ship_inside_the_package():
 
     assert CONFIG_DIR == Path(sarmae.__file__).parent / "configs"
     assert (CONFIG_DIR / "demo" / "demo.yaml").is_file()
+
+
+@pytest.mark.parametrize("command,config,typo,message", [
+    ("finetune", "vitdet_tiny", "epochz=1", "epochz: unknown key; did you mean epochs?"),
+    ("finetune", "vitdet_tiny", "optim.lrr=0.1", "optim.lrr: unknown key; did you mean optim.lr?"),
+    ("finetune", "vitdet_tiny", "model.fpn_chanels=16", "did you mean model.fpn_channels?"),
+    ("pretrain", "mae_tiny", "trainer.precison=bf16-mixed", "did you mean trainer.precision?"),
+    ("pretrain", "mae_tiny", "epochs=ten", "epochs='ten': expected int"),
+])
+def test_a_typo_on_the_command_line_stops_the_command(tmp_path, capsys, command, config, typo, message):
+    from sarmae.cli import main
+
+    assert main([command, config, f"data.root={tmp_path}", f"out={tmp_path / 'run'}", typo]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # stopped before anything was written

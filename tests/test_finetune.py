@@ -95,7 +95,7 @@ def trained_run(tmp_path_factory) -> Path:
     run, root = base / "run", base / "synth"
     if (run / "weights" / "last.ckpt").is_file() and (run / "done").is_file():
         return run
-    write_dataset(root, train=TRAIN_IMAGES, val=40, test=0, unlabeled=0, size=256, seed=0)
+    write_dataset(root, train=TRAIN_IMAGES, val=40, test=0, unlabeled=0, size=256, seed=0, zoom=2.0)
     renumber_categories(root, CAT_IDS)
     learning = TRAIN_EPOCHS > 1  # two threads pay off only for the long run (on an otherwise idle machine)
     with nullcontext() if learning else one_thread():

@@ -18,14 +18,21 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
-from sarmae.config import get_dotted
+from sarmae.config import check_keys, config_schema, get_dotted
 from sarmae.data.coco import CocoDetection
 from sarmae.data.io import IntensityScaling
 from sarmae.data.loaders import class_info, detection_loader
 from sarmae.data.transforms import detection_transforms
 from sarmae.errors import CheckpointError, ConfigError, DataError, SarmaeError
 from sarmae.infer.metrics import TABLE_COLUMNS, coco_metrics, detections_to_coco, format_table, gather_results
-from sarmae.models.vitdet import build_detector, keep_boxes_float32, load_vit_encoder, param_groups, set_max_dets
+from sarmae.models.vitdet import (
+    DETECTOR_KEYS,
+    build_detector,
+    keep_boxes_float32,
+    load_vit_encoder,
+    param_groups,
+    set_max_dets,
+)
 from sarmae.train.runs import (
     CsvMetrics,
     SavesRngState,
@@ -36,6 +43,7 @@ from sarmae.train.runs import (
     resolve_resume,
 )
 
+SCHEMA_CONFIG = "vitdet_b_sardet100k"  # the paper's config lists every fine-tuning key with its default
 TABLE_KEYS = TABLE_COLUMNS  # mAP, AP50, AP75, mAP_s, mAP_m, mAP_l
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 METRIC_COLUMNS = ["epoch", "step", "loss", *LOSS_KEYS, "lr", "images_per_s", *(f"val_{k}" for k in TABLE_KEYS)]
@@ -50,7 +58,8 @@ def _positive_int(cfg: dict, key: str, default: Any = None) -> int:
 
 
 def check_finetune_config(cfg: dict) -> None:
-    """Fail in the first second, not after the datasets are parsed: run length, init/weights, eval settings."""
+    """Fail in the first second, not after the datasets are parsed: unknown keys, run length, init/weights, eval."""
+    check_keys(cfg, config_schema(SCHEMA_CONFIG, DETECTOR_KEYS, open_sections=("data.scaling",)))
     for key in ("epochs", "batch_size"):
         if key not in cfg:
             raise ConfigError(f"config has no '{key}': add it to the YAML or pass {key}=N")

@@ -15,14 +15,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from sarmae.config import get_dotted
+from sarmae.config import check_keys, config_schema, get_dotted
 from sarmae.data.io import IntensityScaling
 from sarmae.data.robust import SkipBadSamples, collate_skip_bad
 from sarmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, mae_transforms
 from sarmae.data.unlabeled import UnlabeledImages
 from sarmae.errors import CheckpointError, ConfigError, SarmaeError
 from sarmae.models.checkpoints import save_encoder_safetensors
-from sarmae.models.mae import MaskedAutoencoder, build_mae
+from sarmae.models.mae import MAE_DEFAULTS, MaskedAutoencoder, build_mae
 from sarmae.train.runs import (
     CsvMetrics,
     SavesRngState,
@@ -35,6 +35,7 @@ from sarmae.train.runs import (
     stop_dataloader_workers,
 )
 
+SCHEMA_CONFIG = "mae_vitb16_sardet100k"  # the paper's config lists every pre-training key with its default
 METRIC_COLUMNS = ["epoch", "step", "loss", "lr", "images_per_s"]
 
 
@@ -294,6 +295,7 @@ class ExportEncoder(Callback):
 
 def run_pretrain(cfg: dict) -> Path:
     """``sarmae pretrain``: train, checkpoint every epoch, export the encoder. Returns the run folder."""
+    check_keys(cfg, config_schema(SCHEMA_CONFIG, ("size", *MAE_DEFAULTS), open_sections=("data.scaling",)))
     for key in ("epochs", "batch_size"):
         if key not in cfg:
             raise ConfigError(f"config has no '{key}': add it to the YAML or pass {key}=N")
