@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean wheel-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,10 +21,26 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q tests
+	$(MAKE) --no-print-directory wheel-check
+
+# The package as a pip user gets it: build a wheel, install it in a fresh venv (no editable install; the
+# dependencies are borrowed from .venv through a path entry, which does not load its editable finder) and run a
+# named config and `sarmae demo --help` from a folder outside the checkout.
+WHEEL_ENV := $(CURDIR)/build/wheel-env
+wheel-check: $(VENV)/.installed
+	rm -rf build/wheel dist $(WHEEL_ENV)
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w build/wheel .
+	$(PY) -m venv --without-pip $(WHEEL_ENV)
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+		"$$($(WHEEL_ENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/deps.pth"
+	$(BIN)/pip --python $(WHEEL_ENV)/bin/python install -q --no-deps build/wheel/sarmae-*.whl
+	cd /tmp && $(WHEEL_ENV)/bin/sarmae demo --help > /dev/null && $(WHEEL_ENV)/bin/python -c \
+		"import sarmae, sarmae.config as c; assert 'wheel-env' in sarmae.__file__, sarmae.__file__; \
+		c.load_config('vitdet_tiny'); c.load_config('demo/demo.yaml'); print('wheel-check: OK', sarmae.__file__)"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info

@@ -69,3 +69,9 @@ def test_a_typo_on_the_command_line_stops_the_command(tmp_path, capsys, command,
     assert main([command, config, f"data.root={tmp_path}", f"out={tmp_path / 'run'}", typo]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # stopped before anything was written
+
+
+def test_scientific_notation_is_a_float_in_overrides_and_files(tmp_path):
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 1e-3\n  blr: 1.5e-4\nname: 2e5x\n")
+    cfg = load_config(tmp_path / "c.yaml", ["optim.wd=5e-2", "epochs=3"])
+    assert cfg["optim"] == {"lr": 0.001, "blr": 0.00015, "wd": 0.05} and cfg["name"] == "2e5x" and cfg["epochs"] == 3

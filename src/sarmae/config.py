@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,18 @@ import yaml
 from sarmae.errors import ConfigError
 
 CONFIG_DIR = Path(str(resources.files("sarmae") / "configs"))  # shipped as package data
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; configs and overrides mean a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
+               r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -43,7 +56,7 @@ def merge(base: dict, update: dict) -> dict:
 
 def load_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -80,7 +93,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{text}': expected key=value, e.g. epochs=10 or data.root=/data")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = yaml.load(raw, Loader=_Loader) if raw != "" else None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -102,7 +115,9 @@ def save_config(cfg: dict, path: Path) -> None:
 
 def check_keys(cfg: dict, schema: dict, where: str = "") -> None:
     """Every key of ``cfg`` must exist in ``schema`` (the command's root config: every key it reads, with its
-    default), and a value must have the default's type (ints pass for floats; a ``null`` default takes anything).
+    default), and a value must have the default's type when that is a number, a bool, a list or a section (ints
+    pass for floats). ``null`` and string defaults take anything: strings are often one choice of several kinds
+    (``devices: auto`` or ``2``) and their readers check them.
 
     A typo is a one-line :class:`ConfigError` naming the key and the closest valid one, never a silent default.
     A section whose default is an empty mapping (``{}``) is open: its keys are checked by whatever reads it.
@@ -119,7 +134,7 @@ def check_keys(cfg: dict, schema: dict, where: str = "") -> None:
                 raise ConfigError(f"{name}={value!r}: expected a mapping of keys (a section)")
             if default and value:
                 check_keys(value, default, f"{name}.")
-        elif default is not None and value is not None and not _same_kind(value, default):
+        elif not isinstance(default, (str, type(None))) and value is not None and not _same_kind(value, default):
             raise ConfigError(f"{name}={value!r}: expected {type(default).__name__} like the default {default!r}")
 
 
