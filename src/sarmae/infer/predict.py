@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from sarmae.data.io import IMAGE_EXTENSIONS, IntensityScaling, read_image
 from sarmae.errors import ConfigError, DataError
 from sarmae.infer.detections import coco_result
-from sarmae.infer.detector_io import load_detector, pick_device
+from sarmae.infer.detector_io import Detector, load_detector, pick_device
 from sarmae.infer.drawing import draw_boxes
 from sarmae.infer.sliced import check_options, is_large, predict_scene
 
@@ -68,6 +69,36 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
+def resolve_options(detector: Detector, sliced: str = "auto", tile_size: int | None = None, overlap: float = 0.2,
+                    merge: str = "nms", merge_iou: float = 0.5, batch_size: int = 4, score_threshold: float = 0.3,
+                    scaling: IntensityScaling | dict | str | None = None) -> tuple[IntensityScaling, int]:
+    """Checked prediction options -> ``(intensity scaling, tile size)``: ``scaling`` defaults to the checkpoint's
+    ``data.scaling``, ``tile_size`` to its ``model.img_size``; a value that cannot work is a ``ConfigError``."""
+    if sliced not in SLICED:
+        raise ConfigError(f"--sliced {sliced}: use one of {', '.join(SLICED)}")
+    cfg = detector.cfg or {}
+    scaling = IntensityScaling.from_config(scaling if scaling is not None else (cfg.get("data") or {}).get("scaling"))
+    tile = int(tile_size or (cfg.get("model") or {}).get("img_size", 800))
+    check_options(tile, overlap, merge, merge_iou, "iou", batch_size, score_threshold)
+    return scaling, tile
+
+
+@torch.inference_mode()
+def detect_chips(detector: Detector, images: Sequence[np.ndarray], device: torch.device | str,
+                 score_threshold: float) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The whole-image path, one forward pass for a batch of float32 ``(H, W, 3)`` images in [0, 1] (the detector
+    resizes each to its training size and maps its boxes back). Per image, on the CPU and with score >=
+    ``score_threshold``: ``(boxes (n, 4) float32 xyxy in the image's pixels, labels (n,) 1..K, scores (n,))``."""
+    model = detector.model.to(device).eval()
+    outputs = model([torch.from_numpy(image).permute(2, 0, 1).to(device) for image in images])
+    found = []
+    for output in outputs:
+        keep = output["scores"] >= score_threshold
+        found.append((output["boxes"][keep].float().cpu(), output["labels"][keep].cpu(),
+                      output["scores"][keep].float().cpu()))
+    return found
+
+
 @torch.inference_mode()
 def predict(
     checkpoint: Path,
@@ -86,21 +117,19 @@ def predict(
 ) -> list[dict]:
     """Detect objects in every input; returns the predictions written to ``predictions.json``.
 
+    The Python API (:class:`sarmae.api.Detector`) runs the same two paths: :func:`detect_chips` for whole images,
+    :func:`~sarmae.infer.sliced.sliced_detect` for large ones, with options from :func:`resolve_options`.
+
     ``scaling`` (default: the checkpoint's ``data.scaling``) maps 16-bit / float / dB pixels to [0, 1];
     ``tile_size`` defaults to the model's training size. The slicing options are those of
     :func:`sarmae.infer.sliced.predict_scene`.
     """
-    if sliced not in SLICED:
-        raise ConfigError(f"--sliced {sliced}: use one of {', '.join(SLICED)}")
     paths = expand_inputs(inputs)
     dev = pick_device(device)
     detector = load_detector(checkpoint)
-    model = detector.model.to(dev).eval()
     names = detector.names
-    cfg = detector.cfg or {}
-    scaling = IntensityScaling.from_config(scaling if scaling is not None else (cfg.get("data") or {}).get("scaling"))
-    tile = int(tile_size or (cfg.get("model") or {}).get("img_size", 800))
-    check_options(tile, overlap, merge, merge_iou, "iou", batch_size, score_threshold)
+    scaling, tile = resolve_options(detector, sliced, tile_size, overlap, merge, merge_iou, batch_size,
+                                    score_threshold, scaling)
     large = {p for p in paths if sliced == "always" or (sliced == "auto" and is_large(p, tile))}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,10 +162,8 @@ def predict(
                 skipped += 1
                 tqdm.write(f"skipped {paths[index]}: {exc}")
         if batch:
-            tensors = [torch.from_numpy(image).permute(2, 0, 1).to(dev) for _, image in batch]
-            for (index, image), output in zip(batch, model(tensors)):
-                keep = output["scores"] >= score_threshold
-                boxes, labels, scores = (output[k][keep].float().cpu() for k in ("boxes", "labels", "scores"))
+            found = detect_chips(detector, [image for _, image in batch], dev, score_threshold)
+            for (index, image), (boxes, labels, scores) in zip(batch, found):
                 for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
                     predictions.append(coco_result(index + 1, detector.label_to_cat_id[int(label)], box, score,
                                                    file_name=str(paths[index]), category_name=names[int(label) - 1]))
@@ -153,4 +180,6 @@ def predict(
     return predictions
 
 
-__all__ = ["SLICED", "draw_boxes", "expand_inputs", "output_names", "predict"]  # draw_boxes: from infer.drawing
+__all__ = [  # draw_boxes: from infer.drawing
+    "SLICED", "detect_chips", "draw_boxes", "expand_inputs", "output_names", "predict", "resolve_options",
+]
