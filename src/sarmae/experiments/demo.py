@@ -129,13 +129,13 @@ def run_demo(
 
 def _collect_figures(out: Path, row_jobs: dict[str, list[Job]], root: Path) -> None:
     """Figure 2 from the SAR pixel-target pre-training (the paper's; a gradient-target MAE predicts no pixels),
-    Figure 3 from the last row's first seed, the learning curves."""
+    Figure 3 from the SAR pixel-target row's first seed (the paper's SAR row), the learning curves."""
     from sarmae.infer.reconstruct import reconstruct
 
     ckpt = out / "pretrain_sar_pixels" / "weights" / "last.ckpt"
     if ckpt.is_file():
         reconstruct(ckpt, [str(root / "JPEGImages" / "val")], out / "figure2_reconstruction.png", count=4)
-    samples = list(row_jobs.values())[-1][0].out / "eval" / "samples.png"
+    samples = out / "finetune_sar_pixels_seed0" / "eval" / "samples.png"
     if samples.is_file():
         shutil.copyfile(samples, out / "figure3_detections.png")
     plot_learning_curves({label: [job.out for job in js] for label, js in row_jobs.items()},
