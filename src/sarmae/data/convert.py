@@ -66,7 +66,6 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from sarmae.data.coco import (
     BOX_CLIPPED,
@@ -80,6 +79,7 @@ from sarmae.data.coco import (
 from sarmae.data.io import IMAGE_EXTENSIONS
 from sarmae.data.scene import scene_size
 from sarmae.errors import ConfigError, DataError
+from sarmae.files import write_json_atomic
 
 FORMATS: tuple[str, ...] = ("voc", "yolo", "dota", "coco")
 DIFFICULT_POLICIES: tuple[str, ...] = ("ignore", "keep", "drop")
@@ -690,20 +690,6 @@ def _place(src: Path, dst: Path, copy: bool) -> str:
     except OSError:
         os.symlink(src.resolve(), dst)
         return "symlinked"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and ``os.replace`` it: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _save_report(out: Path, report: ConvertReport) -> None:

@@ -12,7 +12,6 @@ as in the paper.
 from __future__ import annotations
 
 import json
-import os
 from importlib import resources
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from sarmae.errors import ConfigError, DataError
+from sarmae.files import write_json_atomic
 
 # Photographs (and photograph-like scientific images) in scikit-image's data folder; drawings, text pages and
 # binary masks are left out.
@@ -83,7 +83,5 @@ def write_natural_pool(out: str | Path, count: int, size: int, seed: int = 0) ->
         rng = np.random.default_rng([seed, i])
         crop = random_crop(rng, photos[int(rng.integers(len(photos)))], size)
         crop.save(out / f"{i:07d}.png", compress_level=1)
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(params))
-    os.replace(tmp, out / MANIFEST)  # written last: a pool interrupted half-way is regenerated
+    write_json_atomic(out / MANIFEST, params)  # written last: a pool interrupted half-way is regenerated
     return out

@@ -63,6 +63,7 @@ from PIL import Image
 
 from sarmae.data.coco import SARDET_CLASSES
 from sarmae.errors import ConfigError, DataError
+from sarmae.files import write_json_atomic
 
 SHIP, AIRCRAFT, CAR, TANK, BRIDGE, HARBOR = range(6)
 WATER, LAND, URBAN, PAVED = range(4)  # scene region codes
@@ -918,12 +919,6 @@ def _files_present(out: Path, params: dict) -> bool:
     return True
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")))
-    os.replace(tmp, path)
-
-
 def write_dataset(
     out: str | Path, train: int = 400, val: int = 100, test: int = 100, unlabeled: int = 1000,
     size: int = 256, seed: int = 0, progress: bool | None = None, zoom: float = 1.0,
@@ -959,8 +954,8 @@ def write_dataset(
                                 st.get("per_category", {}), reused=True)
 
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / MANIFEST, {"generator": "sarmae.data.synth", "version": GENERATOR_VERSION,
-                                 "params": params, "complete": False})
+    write_json_atomic(out / MANIFEST, {"generator": "sarmae.data.synth", "version": GENERATOR_VERSION,
+                                       "params": params, "complete": False}, compact=True)
     total = sum(params[k] for k in SPLITS)
     from tqdm import tqdm
 
@@ -994,15 +989,16 @@ def write_dataset(
             images[split] = params[split]
             if split != "unlabeled":
                 (out / "Annotations").mkdir(exist_ok=True)
-                _write_json(out / "Annotations" / f"{split}.json",
-                            {"images": coco_images, "annotations": coco_anns, "categories": categories})
+                write_json_atomic(out / "Annotations" / f"{split}.json",
+                                  {"images": coco_images, "annotations": coco_anns, "categories": categories},
+                                  compact=True)
                 instances[split] = len(coco_anns)
     finally:
         bar.close()
     seconds = time.perf_counter() - start
     per_category = {name: per_cat[i] for i, name in enumerate(SARDET_CLASSES)}
-    _write_json(out / MANIFEST, {
+    write_json_atomic(out / MANIFEST, {
         "generator": "sarmae.data.synth", "version": GENERATOR_VERSION, "params": params, "complete": True,
         "stats": {"images": images, "instances": instances, "per_category": per_category},
-    })
+    }, compact=True)
     return SynthSummary(out, params, images, instances, per_category, seconds=seconds)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import pickle
 import re
 import warnings
@@ -26,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sarmae.errors import CheckpointError
+from sarmae.files import atomic_write
 from sarmae.models.mae import DECODER_PREFIXES, MaskedAutoencoder
 from sarmae.models.vit import VIT_SIZES, resize_pos_embed
 
@@ -224,13 +224,13 @@ def save_encoder_safetensors(mae: MaskedAutoencoder, path: str | Path) -> Path:
         "img_size": str(mae.img_size),
         "patch_size": str(mae.patch_size),
     }
-    return _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def save_reference_mae(mae: MaskedAutoencoder, path: str | Path) -> Path:
     """Write the full MAE as ``{'model': state_dict}`` with reference key names (like main_pretrain.py)."""
     sd = {k: v.detach().cpu() for k, v in mae.state_dict().items()}
-    return _atomic_write(Path(path), lambda tmp: torch.save({"model": sd}, tmp))
+    return atomic_write(Path(path), lambda tmp: torch.save({"model": sd}, tmp))
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -327,12 +327,3 @@ def _load(module: nn.Module, sd: StateDict, target: StateDict) -> LoadReport:
     return report
 
 
-def _atomic_write(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

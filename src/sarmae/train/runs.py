@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import random
 import shutil
 import time
@@ -35,6 +34,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sarmae.config import save_config
 from sarmae.errors import CheckpointError, ConfigError, SarmaeError
+from sarmae.files import atomic_open, atomic_write
 from sarmae.models.checkpoints import open_checkpoint
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
@@ -115,17 +115,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with tmp.open("wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
         try:
@@ -160,10 +151,7 @@ class EpochCheckpoints(Checkpoint):
         trainer.save_checkpoint(self.last_path, weights_only=False)
         epoch = trainer.current_epoch + 1
         if self.every > 0 and epoch % self.every == 0 and trainer.is_global_zero:
-            target = self.dirpath / f"epoch{epoch:03d}.ckpt"
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(self.last_path, tmp)
-            os.replace(tmp, target)
+            atomic_write(self.dirpath / f"epoch{epoch:03d}.ckpt", lambda tmp: shutil.copyfile(self.last_path, tmp))
 
 
 # -- RNG ----------------------------------------------------------------------------------------------
