@@ -6,12 +6,15 @@ Heavy imports (torch, Lightning) happen inside each command so ``sarmae --help``
 from __future__ import annotations
 
 import argparse
+import difflib
+import glob
+import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sarmae import __version__
-from sarmae.errors import SarmaeError
+from sarmae.errors import ConfigError, SarmaeError
 
 if TYPE_CHECKING:
     from sarmae.data.io import IntensityScaling
@@ -20,6 +23,26 @@ TRAIN_EPILOG = (
     "Overrides are dotted key=value pairs parsed as YAML, e.g. epochs=10 batch_size=64 "
     "data.images=/sar/archive out=runs/pretrain/mine. The effective config is saved in the run folder."
 )
+OPTIONS_EPILOG = (
+    "Every option also reads as name=value (- or _ alike; true/false for switches, [a,b] for lists), e.g. "
+    "out=DIR for --out DIR."
+)
+
+
+def _done(path: Path | str) -> None:
+    """The last line of a command that writes something: where it went."""
+    print(f"results in {path}")
+
+
+def run_name(checkpoint: str | Path) -> str:
+    """``runs/finetune/NAME/weights/best.ckpt`` -> NAME; any other file -> its stem."""
+    path = Path(checkpoint)
+    return path.parent.parent.name if path.parent.name == "weights" and path.parent.parent.name else path.stem
+
+
+def default_out(command: str, name: str) -> Path:
+    """Where a command writes when no ``--out`` / ``out=`` is given: ``runs/<command>/<name>``."""
+    return Path("runs") / command / (name or command)
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
@@ -36,6 +59,7 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
         zoom=args.zoom,
     )
     print(summary)
+    _done(args.out)
     return 0
 
 
@@ -53,14 +77,18 @@ def _cmd_data_convert(args: argparse.Namespace) -> int:
     report = convert_dataset(Path(args.src), Path(args.out), fmt=args.fmt, classes=args.classes, split=args.split,
                              copy=args.copy, difficult=args.difficult)
     print(report.format())
+    _done(args.out)
     return 0
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from sarmae.config import load_config
     from sarmae.train.pretrain import run_pretrain
+    from sarmae.train.runs import _global_rank
 
-    run_pretrain(load_config(args.config, args.overrides))
+    run_dir = run_pretrain(load_config(args.config, args.overrides))
+    if _global_rank() == 0:
+        _done(run_dir)
     return 0
 
 
@@ -111,7 +139,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predict(
         Path(args.checkpoint),
         args.inputs,
-        out=Path(args.out),
+        out=Path(args.out) if args.out else default_out("predict", run_name(args.checkpoint)),
         score_threshold=args.score_threshold,
         device=args.device,
         batch_size=args.batch_size,
@@ -129,7 +157,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from sarmae.infer.reconstruct import reconstruct
 
-    reconstruct(Path(args.checkpoint), args.inputs, out=Path(args.out), seed=args.seed)
+    out = Path(args.out) if args.out else default_out("reconstruct", run_name(args.checkpoint)) / "reconstruction.png"
+    reconstruct(Path(args.checkpoint), args.inputs, out=out, seed=args.seed)
     return 0
 
 
@@ -138,13 +167,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(Path(args.out), seeds=args.seeds, imagenet_weights=args.imagenet_weights, overrides=args.overrides,
              profile=args.profile)
+    _done(args.out)
     return 0
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     from sarmae.experiments.probe import run_probe
 
-    run_probe(args.encoders, Path(args.data), Path(args.out), include_random=not args.no_random, seed=args.seed)
+    out = Path(args.out) if args.out else default_out("probe", Path(args.data).resolve().name)
+    run_probe(args.encoders, Path(args.data), out, include_random=not args.no_random, seed=args.seed)
+    print(f"wrote {out / 'probe.md'}, {out / 'probe.json'}")
     return 0
 
 
@@ -156,6 +188,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         overrides=args.overrides, pretrain_config=args.pretrain_config, finetune_config=args.finetune_config,
         plan_only=args.plan_only,
     )
+    _done(Path(args.out) / "plan.txt" if args.plan_only else args.out)
     return 0
 
 
@@ -167,9 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sarmae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices  # type: ignore[attr-defined]  # for parse_args: name -> sub-command parser
 
     data = sub.add_parser("data", help="make or validate datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    data.commands = data_sub.choices  # type: ignore[attr-defined]
     synth = data_sub.add_parser(
         "synth",
         help="write the embedded synthetic SAR detection benchmark (SARDet-100K layout)",
@@ -239,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="detector checkpoint (weights/best.ckpt of a finetune run)")
     ev.add_argument("--data", required=True, help="dataset root")
     ev.add_argument("--split", default="val", help="split name (Annotations/<split>.json)")
-    ev.add_argument("--out", default=None, help="folder for metrics.json and results.json")
+    ev.add_argument("--out", default=None,
+                    help="folder for metrics.json and results.json (default: runs/evaluate/<run name>_<split>)")
     ev.add_argument("--max-dets", type=int, default=100, help="detections per image kept and scored")
     ev.add_argument("--batch-size", type=int, default=4)
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -248,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="run a detector on images, folders or globs")
     pr.add_argument("checkpoint", help="detector checkpoint")
     pr.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    pr.add_argument("--out", required=True, help="output folder (predictions.json + rendered images)")
+    pr.add_argument("--out", default=None,
+                    help="output folder (predictions.json + rendered images; default: runs/predict/<run name>)")
     pr.add_argument("--score-threshold", type=float, default=0.3, help="minimum score drawn and saved")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     pr.add_argument("--batch-size", type=int, default=4, help="images (or scene tiles) per forward pass")
@@ -269,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("reconstruct", help="MAE reconstruction figure (original | masked | reconstruction)")
     rc.add_argument("checkpoint", help="MAE checkpoint (weights/last.ckpt of a pretrain run)")
     rc.add_argument("inputs", nargs="+", help="image files or folders")
-    rc.add_argument("--out", required=True, help="output PNG file")
+    rc.add_argument("--out", default=None,
+                    help="output PNG file (default: runs/reconstruct/<run name>/reconstruction.png)")
     rc.add_argument("--seed", type=int, default=0, help="seed of the random mask")
     rc.set_defaults(func=_cmd_reconstruct)
     dm = sub.add_parser(
@@ -298,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("encoders", nargs="+", metavar="ENCODER_OR_RUN",
                     help="encoder.safetensors / MAE .pth / timm file, or a pretrain run folder")
     pb.add_argument("--data", required=True, help="COCO / SARDet-100K root with train and val splits")
-    pb.add_argument("--out", default="runs/probe", help="output folder (probe.md, probe.json)")
+    pb.add_argument("--out", default=None,
+                    help="output folder (probe.md, probe.json; default: runs/probe/<data root name>)")
     pb.add_argument("--seed", type=int, default=0, help="seed of the random-init row and of the probes")
     pb.add_argument("--no-random", action="store_true", help="leave out the random-init row")
     pb.set_defaults(func=_cmd_probe)
@@ -318,12 +357,149 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--plan-only", action="store_true", help="print the plan and the estimate, run nothing")
     rp.add_argument("overrides", nargs="*", metavar="key=value", help="pretrain.KEY=V / finetune.KEY=V overrides")
     rp.set_defaults(func=_cmd_reproduce)
+    for command in [*sub.choices.values(), *data_sub.choices.values()]:
+        if command is not data and _options(command):  # pretrain and finetune have no options, only key=value
+            command.epilog = f"{command.epilog} {OPTIONS_EPILOG}" if command.epilog else OPTIONS_EPILOG
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+# -- one grammar: every option also reads as name=value -----------------------------------------------------------
+NAME_VALUE = re.compile(r"([A-Za-z][A-Za-z0-9_-]*)=(.*)", re.DOTALL)
+
+
+def _find_command(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.ArgumentParser | None, str, int]:
+    """The sub-command parser ``argv`` selects (``data synth`` is two levels), its name and where its arguments
+    start; ``None`` when argv names none (``--help``, ``--version``, a typo: argparse answers those)."""
+    current, names, i = parser, [], 0
+    while i < len(argv) and getattr(current, "commands", None):
+        if argv[i].startswith("-"):
+            i += 1
+            continue
+        if argv[i] not in current.commands:
+            return None, "", 0
+        current = current.commands[argv[i]]
+        names.append(argv[i])
+        i += 1
+    return (current, " ".join(names), i) if names else (None, "", 0)
+
+
+def _options(command: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """``--max-dets`` -> ``max_dets``: the name=value spellings of a sub-command's options, and of its
+    single-value positionals (``data synth out=DIR``) unless its key=value tokens are config overrides."""
+    actions = command._actions  # argparse keeps no public list of a parser's actions
+    names = {flag[2:].replace("-", "_"): action for action in actions for flag in action.option_strings
+             if flag.startswith("--") and action.dest not in ("help", "version")}
+    if not _takes_overrides(command):
+        names.update({action.dest: action for action in actions if not action.option_strings and action.nargs is None})
+    return names
+
+
+def _takes_overrides(command: argparse.ArgumentParser) -> bool:
+    """pretrain, finetune, demo and reproduce hand other key=value tokens to their configs."""
+    return any(action.dest == "overrides" and not action.option_strings for action in command._actions)
+
+
+def _is_path(token: str) -> bool:
+    return Path(token).exists() or bool(glob.glob(token))
+
+
+def _convert(action: argparse.Action, text: str, where: str) -> Any:
+    """``text`` read as the flag would read it (its type and choices)."""
     try:
+        value = action.type(text) if callable(action.type) else text
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        kind = {int: "a whole number", float: "a number"}.get(action.type, "a valid value")
+        raise ConfigError(f"{where}: expected {kind}") from None
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"{where}: use one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def option_value(action: argparse.Action, token: str) -> Any:
+    """The value ``name=value`` sets: YAML decides switches (true/false), lists ([a,b]) and null (the option's
+    default when that is None); anything else is the text itself, converted like the flag's argument, so a path
+    or split name such as ``2017`` or ``yes`` stays text."""
+    from sarmae.config import parse_override
+
+    key, value = parse_override(token)
+    raw = token.split("=", 1)[1]
+    where = f"{key}={raw}"
+    if action.nargs == 0:  # a switch: store_true / store_false
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: a switch takes true or false")
+        return action.const if value else action.default
+    if action.nargs in ("*", "+"):
+        items = value if isinstance(value, list) else ([raw] if raw else [])
+        if action.nargs == "+" and not items:
+            raise ConfigError(f"{where}: needs at least one value")
+        return [_convert(action, str(item), where) for item in items]
+    if value is None and action.default is None and not action.required:
+        return None
+    if raw == "":
+        raise ConfigError(f"{where}: needs a value")
+    return _convert(action, raw, where)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """argparse, plus ``name=value`` for every ``--name`` option of the chosen sub-command (``-`` and ``_`` alike)
+    and for its single-value positionals (``data synth out=DIR``).
+
+    A token is a name=value when it looks like one and is not an existing path or a glob that matches; a name that
+    is no option is a one-line :class:`ConfigError` with the closest option, except for the commands whose key=value
+    tokens are config overrides (pretrain, finetune, demo, reproduce), which keep it. Given both ways, the
+    name=value wins. A required option or positional (``evaluate --data``) may be given either way.
+    """
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command, name, start = _find_command(parser, argv)
+    if command is None:
+        return parser.parse_args(argv)
+    options, keeps = _options(command), _takes_overrides(command)
+    keep, given = argv[:start], []
+    tokens = argv[start:]
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if token == "--":
+            keep += tokens[i - 1:]
+            break
+        if token.startswith("-"):
+            keep.append(token)
+            flag = command._option_string_actions.get(token)
+            if flag is not None:  # the flag's own value is never a name=value, whatever it looks like
+                count = 1 if flag.nargs is None else flag.nargs if isinstance(flag.nargs, int) else 0
+                keep += tokens[i:i + count]
+                i += count
+            continue
+        match = NAME_VALUE.fullmatch(token)
+        if match is None or _is_path(token):
+            keep.append(token)
+            continue
+        key = match.group(1).replace("-", "_")
+        if key in options:
+            given.append((options[key], token))
+        elif keeps:
+            keep.append(token)
+        else:
+            close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
+            hint = (f"did you mean {close[0]}=?" if close else
+                    f"options: {', '.join(f'{o}=' for o in options)}" if options else "it takes no options")
+            raise ConfigError(f"{match.group(1)}=: unknown option of 'sarmae {name}' (and no such file); {hint}")
+    values = [(action, option_value(action, token)) for action, token in given]
+    for action, _ in values:
+        action.required = False
+        if not action.option_strings:  # a positional given by name: the others fill the remaining slots
+            action.nargs, action.default = "?", None
+    args = parser.parse_args(keep)
+    for action, value in values:
+        setattr(args, action.dest, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
         return args.func(args)
     except SarmaeError as exc:
         print(f"error: {exc}", file=sys.stderr)
