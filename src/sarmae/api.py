@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from sarmae.data.io import IntensityScaling, bands_to_image, read_image, select_bands
-from sarmae.data.scene import STATS_SIDE, Georef, Scene, _ArraySource, freeze_scaling, open_scene
+from sarmae.data.scene import Georef, Scene, open_array_scene, open_scene
 from sarmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sarmae.errors import CheckpointError, DataError
 from sarmae.infer import detector_io
@@ -51,10 +51,9 @@ from sarmae.infer.evaluate import evaluate_checkpoint
 from sarmae.infer.geo import write_geojson
 from sarmae.infer.predict import detect_chips, expand_inputs, resolve_options
 from sarmae.infer.reconstruct import draw_figure, list_images, load_images, load_mae_checkpoint, reconstruction_panels
-from sarmae.infer.sliced import is_large, model_detector, sliced_detect
+from sarmae.infer.sliced import is_large, is_large_size, model_detector, sliced_detect
 from sarmae.models.mae import MaskedAutoencoder
 
-LARGE_SIDE = 1.5  # in tiles: sarmae.infer.sliced.is_large's rule for files, applied to arrays and tensors
 UNIT = IntensityScaling(mode="linear", vmin=0.0, vmax=1.0)  # float tensors are already in [0, 1]
 INPUTS = ("a path, glob or folder, a numpy array (H, W) or (H, W, 3), a torch tensor (3, H, W) in [0, 1], "
           "or a list of those")
@@ -188,29 +187,11 @@ def _image(item: _Input, scaling: IntensityScaling) -> np.ndarray:
     return image
 
 
-class _MemorySource(_ArraySource):
-    """:mod:`sarmae.data.scene`'s in-memory source (windows cut from decoded pixels) over pixels given by the caller."""
-
-    def __init__(self, bands: np.ndarray) -> None:  # no file to decode: the pixels are given
-        self.data, self.nodata = bands, None
-        self.height, self.width = bands.shape[:2]
-        self.dtype = bands.dtype
-        self.georef = Georef()
-
-
 def _open(item: _Input, scaling: IntensityScaling) -> Scene:
-    """A :class:`~sarmae.data.scene.Scene` with one frozen intensity rule, as :func:`~sarmae.data.scene.open_scene`
-    makes for files (statistics from a decimated read of at most ``STATS_SIDE`` px)."""
+    """A :class:`~sarmae.data.scene.Scene` with one frozen intensity rule, for a file or for caller's pixels."""
     if item.path is not None:
         return open_scene(item.path, scaling)
-    source, rule = _MemorySource(item.bands), item.scaling or scaling
-    step = max(source.width, source.height) / STATS_SIDE
-    out_h, out_w = (source.height, source.width) if step <= 1 else (
-        max(1, round(source.height / step)), max(1, round(source.width / step)))
-    fixed, stats = freeze_scaling(source.decimated(out_h, out_w, average=False), rule, rule.nodata)
-    if stats["valid_fraction"] == 0.0:
-        raise DataError(f"{item.name}: no valid pixel (all NaN, inf, nodata or, in db mode, <= 0)")
-    return Scene(path=Path(item.name), source=source, scaling=fixed, nodata=rule.nodata, stats=stats)
+    return open_array_scene(item.bands, item.name, item.scaling or scaling)
 
 
 # -- the detector -----------------------------------------------------------------------------------------------
@@ -315,7 +296,7 @@ class Detector(detector_io.Detector):
     def _is_large(item: _Input, tile: int) -> bool:
         if item.path is not None:
             return is_large(item.path, tile)
-        return max(item.bands.shape[:2]) > LARGE_SIDE * tile
+        return is_large_size(item.bands.shape[1], item.bands.shape[0], tile)
 
     def _result(self, source: str, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, width: int,
                 height: int, georef: Georef | None = None, sliced: dict | None = None) -> Result:

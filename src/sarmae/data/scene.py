@@ -106,10 +106,11 @@ class _RasterioSource:
 
 
 class _ArraySource:
-    """The same interface over an image decoded at once (PNG / JPEG / BMP, or TIFF without rasterio)."""
+    """The same interface over pixels held in memory: an image decoded at once (PNG / JPEG / BMP, or TIFF without
+    rasterio) or an array given by the caller (:func:`open_array_scene`)."""
 
-    def __init__(self, path: Path) -> None:
-        self.data, self.nodata = io.read_bands(path)  # (H, W, 1 or 3)
+    def __init__(self, data: np.ndarray, nodata: float | None = None) -> None:
+        self.data, self.nodata = data, nodata  # (H, W, 1 or 3)
         self.height, self.width = self.data.shape[:2]
         self.dtype = self.data.dtype
         self.georef = Georef()
@@ -237,7 +238,18 @@ def open_scene(path: str | Path, scaling: IntensityScaling | dict | str | None =
         if ext in io.TIFF_EXTENSIONS:
             warnings.warn(f"{path}: rasterio is not installed, the whole scene is read into memory "
                           "(`pip install rasterio` for windowed reads)", stacklevel=2)
-        source = _ArraySource(path)
+        source = _ArraySource(*io.read_bands(path))
+    return _scene(path, source, scaling, stats_side)
+
+
+def open_array_scene(bands: np.ndarray, name: str, scaling: IntensityScaling | dict | str | None = None,
+                     stats_side: int = STATS_SIDE) -> Scene:
+    """:func:`open_scene` for raw pixels held in memory, (H, W, 1 or 3), e.g. an array a caller passes in."""
+    return _scene(Path(name), _ArraySource(bands), IntensityScaling.from_config(scaling), stats_side)
+
+
+def _scene(path: Path, source: Any, scaling: IntensityScaling, stats_side: int) -> Scene:
+    """Freeze one intensity rule for the whole scene from a decimated read of at most ``stats_side`` px."""
     try:
         if source.width == 0 or source.height == 0:
             raise DataError(f"{path}: the raster has no pixels ({source.width}x{source.height})")

@@ -450,14 +450,22 @@ def check_options(tile_size: int, overlap: float, merge: str, iou: float, merge_
 # -- entry points ---------------------------------------------------------------------------------------
 
 
+LARGE_TILES = 1.5  # an image with a side longer than this many tiles is sliced rather than shrunk
+
+
+def is_large_size(width: int, height: int, tile_size: int) -> bool:
+    """Whether an image of this size should be sliced: a side longer than :data:`LARGE_TILES` tiles."""
+    return max(width, height) > LARGE_TILES * tile_size
+
+
 def is_large(path: str | Path, tile_size: int) -> bool:
-    """Whether ``path`` should go through :func:`predict_scene`: a georeferenced raster, or a side longer than
-    1.5 tiles. Unreadable files return False, so the regular image path reports them."""
+    """Whether ``path`` should go through :func:`predict_scene`: a georeferenced raster, or
+    :func:`is_large_size`. Unreadable files return False, so the regular image path reports them."""
     try:
         width, height, georeferenced = scene_size(path)
     except DataError:
         return False
-    return georeferenced or max(width, height) > 1.5 * tile_size
+    return georeferenced or is_large_size(width, height, tile_size)
 
 
 def predict_scene(
