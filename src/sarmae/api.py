@@ -50,7 +50,14 @@ from sarmae.infer.detector_io import load_detector, pick_device
 from sarmae.infer.evaluate import evaluate_checkpoint
 from sarmae.infer.geo import write_geojson
 from sarmae.infer.predict import detect_chips, expand_inputs, resolve_options
-from sarmae.infer.reconstruct import draw_figure, list_images, load_images, load_mae_checkpoint, reconstruction_panels
+from sarmae.infer.reconstruct import (
+    draw_figure,
+    list_images,
+    load_images,
+    load_mae_checkpoint,
+    model_input,
+    reconstruction_panels,
+)
 from sarmae.infer.sliced import is_large, is_large_size, model_detector, sliced_detect
 from sarmae.models.mae import MaskedAutoencoder
 
@@ -382,7 +389,6 @@ class MAE:
         if not items:
             raise DataError(f"an empty list of images; pass {INPUTS}")
         size, parts, names = self.img_size, [], []
-        mean, std = torch.tensor(self.mean).view(1, 3, 1, 1), torch.tensor(self.std).view(1, 3, 1, 1)
         for i, item in enumerate(items):
             if isinstance(item, (str, os.PathLike)):
                 batch, used = load_images(list_images([item]), size, self.mean, self.std, self.scaling)
@@ -390,10 +396,7 @@ class MAE:
                 names += [path.name for path in used]
                 continue
             for one in _inputs(item, f"{'tensor' if isinstance(item, torch.Tensor) else 'array'}[{i}]"):
-                pixels = torch.from_numpy(_image(one, self.scaling)).permute(2, 0, 1)[None]
-                # as load_images resizes files (the MAE training transform without the flip)
-                pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True)
-                parts.append((pixels - mean) / std)
+                parts.append(model_input(_image(one, self.scaling), size, self.mean, self.std)[None])
                 names.append(one.name)
         return torch.cat(parts), names
 

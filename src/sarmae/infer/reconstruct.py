@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from sarmae.data.io import IntensityScaling, read_image  # noqa: E402
@@ -48,6 +49,14 @@ def list_images(inputs: list[str | Path], limit: int | None = None) -> list[Path
     return found[:limit] if limit else found
 
 
+def model_input(image: np.ndarray, size: int, mean, std) -> torch.Tensor:
+    """An (H, W, 3) image in [0, 1] -> the normalised (3, size, size) MAE input, resized like the MAE training
+    transform (bilinear, antialiased; no flip)."""
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True)[0]
+    return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
 def load_images(
     paths: list[Path], size: int, mean, std, scaling: IntensityScaling | None, count: int | None = None
 ) -> tuple[torch.Tensor, list[Path]]:
@@ -58,19 +67,16 @@ def load_images(
         if count is not None and len(batch) >= count:
             break
         try:
-            image = torch.from_numpy(read_image(path, scaling)).permute(2, 0, 1)
+            image = read_image(path, scaling)
         except (DataError, OSError) as exc:
             skipped += 1
             print(f"warning: skipping {path}: {exc}", file=sys.stderr)
             continue
-        image = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True)
-        batch.append(image[0])
+        batch.append(model_input(image, size, mean, std))
         used.append(path)
     if not batch:
         raise DataError(f"none of the {skipped} images could be read (see the warnings above); pass readable images")
-    images = torch.stack(batch)
-    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    return (images - mean_t) / std_t, used
+    return torch.stack(batch), used
 
 
 @torch.no_grad()
