@@ -106,9 +106,9 @@ def run_demo(
     if plan["probe"]:
         from sarmae.experiments.probe import run_probe
 
-        labels = {str(encoders["natural"]): "natural images (MAE)", str(encoders["sar_pixels"]): "SAR (MAE, pixels)",
-                  str(encoders["sar_gradients"]): "SAR (MAE, gradients)"}
-        jobs.append(Job(run_probe, {"encoders": list(encoders.values()), "data_root": root, "out": out / "probe",
+        labels = {str(row.weights): row.label for row in rows if row.weights in encoders.values()}
+        # probe.md / probe.json go beside table.md; the step's folder only holds its log
+        jobs.append(Job(run_probe, {"encoders": list(encoders.values()), "data_root": root, "out": out,
                                     "labels": labels}, out / "probe", tuple(e.parent for e in encoders.values())))
     # scratch rows wait for nothing: list them right after the pre-trainings so both fill the cores first
     jobs.sort(key=lambda job: len(job.needs) > 0)
@@ -121,8 +121,6 @@ def run_demo(
              f"{plan['data']['train']} labeled / {plan['data']['unlabeled']} unlabeled images ({minutes:.1f} min)")
     write_table(per_row, out, title, baseline=SCRATCH)
     if plan["probe"]:
-        for name in ("probe.md", "probe.json"):
-            shutil.copyfile(out / "probe" / name, out / name)
         print((out / "probe.md").read_text())
     return per_row
 

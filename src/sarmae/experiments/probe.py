@@ -35,7 +35,13 @@ from sarmae.config import load_yaml
 from sarmae.data.coco import CocoDetection
 from sarmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sarmae.errors import CheckpointError, ConfigError, DataError
-from sarmae.models.checkpoints import _depth, _find_encoder_prefix, load_encoder_weights, read_state_dict
+from sarmae.models.checkpoints import (
+    find_encoder_prefix,
+    load_encoder_weights,
+    read_state_dict,
+    safetensors_metadata,
+    vit_depth,
+)
 from sarmae.models.mae import MaskedAutoencoder, build_mae
 from sarmae.models.vit import VIT_SIZES
 
@@ -119,18 +125,6 @@ def _encoder_model(embed_dim: int, depth: int, num_heads: int, mlp_ratio: float,
                              decoder_num_heads=1)
 
 
-def _safetensors_meta(path: Path) -> dict[str, str]:
-    if path.suffix != ".safetensors":
-        return {}
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            return dict(fh.metadata() or {})
-    except Exception:  # noqa: BLE001 - read_state_dict already accepted the file; metadata is optional
-        return {}
-
-
 def infer_architecture(sd: dict[str, torch.Tensor], source: str, meta: dict[str, str] | None = None) -> dict:
     """Encoder sizes from tensor shapes: embed dim, channels and patch from ``patch_embed.proj.weight``, depth
     from the block ids, MLP ratio from ``blocks.0.mlp.fc1``, native input size from the ``pos_embed`` grid.
@@ -144,7 +138,7 @@ def infer_architecture(sd: dict[str, torch.Tensor], source: str, meta: dict[str,
     if chans != 3:
         raise CheckpointError(f"checkpoint {source}: a {chans}-channel patch embedding; the probe feeds 3-channel "
                               "images like pre-training")
-    depth = _depth(sd)
+    depth = vit_depth(sd)
     fc1 = sd.get("blocks.0.mlp.fc1.weight")
     if depth == 0 or fc1 is None:
         raise CheckpointError(f"checkpoint {source}: no transformer blocks (blocks.0.*); not a ViT encoder")
@@ -224,9 +218,9 @@ def _from_run(run: Path, config: Path, weights: Path, img_size: int | None) -> P
 
 def _from_file(path: Path, img_size: int | None) -> ProbeEncoder:
     sd = read_state_dict(path)
-    prefix = _find_encoder_prefix(sd)
+    prefix = find_encoder_prefix(sd)
     sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    arch = infer_architecture(sd, str(path), _safetensors_meta(path))
+    arch = infer_architecture(sd, str(path), safetensors_metadata(path))
     size = img_size or arch["img_size"]
     if size is None:
         raise CheckpointError(f"checkpoint {path}: no pos_embed to read the input size from; pass img_size")

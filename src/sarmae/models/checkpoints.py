@@ -193,7 +193,7 @@ def load_encoder_weights(module: nn.Module, state_dict_or_path: StateDict | str 
     module's grid. Raises CheckpointError when the architecture clearly differs (embed dim, depth, patch).
     """
     source, sd = _as_state_dict(state_dict_or_path)
-    prefix = prefix or _find_encoder_prefix(sd)
+    prefix = prefix or find_encoder_prefix(sd)
     sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     target = {k: v for k, v in module.state_dict().items() if not k.startswith(DECODER_PREFIXES)}
     _check_encoder_architecture(source, sd, target)
@@ -242,7 +242,7 @@ def _as_state_dict(obj: StateDict | str | Path) -> tuple[str, StateDict]:
     return "state dict", dict(obj)
 
 
-def _find_encoder_prefix(sd: StateDict) -> str:
+def find_encoder_prefix(sd: StateDict) -> str:
     """'' for top-level ViT keys, else the shortest prefix in front of ``patch_embed.proj.weight``."""
     anchor = "patch_embed.proj.weight"
     found = sorted((k[: -len(anchor)] for k in sd if k.endswith(anchor)), key=len)
@@ -276,7 +276,7 @@ def _check_encoder_architecture(source: str, sd: StateDict, target: StateDict) -
                 f"checkpoint {source}: patch embedding {tuple(got)} != model {tuple(want)}; "
                 f"set model.patch_size={got[-1]} and use {got[1]}-channel images"
             )
-    depth_ckpt, depth_model = _depth(sd), _depth(target)
+    depth_ckpt, depth_model = vit_depth(sd), vit_depth(target)
     if depth_ckpt != depth_model:
         raise CheckpointError(
             f"checkpoint {source}: {depth_ckpt} transformer blocks, model has {depth_model}; "
@@ -284,7 +284,8 @@ def _check_encoder_architecture(source: str, sd: StateDict, target: StateDict) -
         )
 
 
-def _depth(sd: StateDict) -> int:
+def vit_depth(sd: StateDict) -> int:
+    """Number of ViT blocks in a state dict (from the ``blocks.N.`` keys)."""
     ids = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit()}
     return max(ids) + 1 if ids else 0
 
