@@ -14,7 +14,7 @@
 Nothing here is a second copy of the CLI: whole images go through :func:`sarmae.infer.predict.detect_chips`,
 large ones through :func:`sarmae.infer.sliced.sliced_detect` (the rule of ``sarmae predict``: a side over 1.5
 tiles, or a georeferenced raster), options through :func:`sarmae.infer.predict.resolve_options`, COCO records
-through :func:`sarmae.infer.detections.coco_result`, GeoJSON through :func:`sarmae.infer.geo.write_geojson`,
+through :func:`sarmae.infer.detections.coco_result`, GeoJSON through :func:`sarmae.infer.geo.geojson_collection`,
 metrics through :func:`sarmae.infer.evaluate.evaluate_checkpoint` and the MAE panels through
 :func:`sarmae.infer.reconstruct.reconstruction_panels`. Checkpoints are opened safely (``weights_only``) by the
 CLI's loaders. Bad input raises the one-line :mod:`sarmae.errors` (``DataError`` / ``ConfigError`` /
@@ -28,10 +28,8 @@ float torch tensor ``(3, H, W)`` already in [0, 1] (a 4-D tensor is a batch), or
 from __future__ import annotations
 
 import io
-import json
 import os
 import tempfile
-import warnings
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +46,7 @@ from sarmae.infer import detector_io
 from sarmae.infer.detections import Detections, coco_result
 from sarmae.infer.detector_io import load_detector, pick_device
 from sarmae.infer.evaluate import evaluate_checkpoint
-from sarmae.infer.geo import write_geojson
+from sarmae.infer.geo import geojson_collection
 from sarmae.infer.predict import detect_chips, expand_inputs, resolve_options
 from sarmae.infer.reconstruct import (
     draw_figure,
@@ -113,10 +111,7 @@ class Result:
         labels = np.array([label_of[name] for name in self.labels], np.int64)
         cat_ids = {label_of[name]: int(c) for name, c in zip(self.labels, self.category_ids)}
         dets = Detections(np.asarray(self.boxes, np.float64).reshape(-1, 4), np.asarray(self.scores), labels)
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "not georeferenced": said in the collection itself
-            path = write_geojson(Path(tmp) / "detections.geojson", dets, names, cat_ids, self.georef, self.source)
-            return json.loads(path.read_text())
+        return geojson_collection(dets, names, cat_ids, self.georef, self.source)
 
 
 # -- inputs -----------------------------------------------------------------------------------------------------

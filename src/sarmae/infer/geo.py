@@ -103,11 +103,18 @@ def write_csv(path: Path, dets: Detections, names: list[str], label_to_cat_id: d
 
 def write_geojson(path: Path, dets: Detections, names: list[str], label_to_cat_id: dict, georef: Georef | None,
                   source: str = "") -> Path:
-    """FeatureCollection of box polygons with class, score and pixel box; WGS84 when ``georef`` is usable."""
-    geo = georef is not None and georef.ok
-    if not geo:
+    """:func:`geojson_collection` as a file; warns when the coordinates are pixels, not lon/lat."""
+    if not (georef is not None and georef.ok):
         warnings.warn(f"{source or path}: not georeferenced (no CRS with an affine transform or GCPs); {path.name} "
                       "has pixel coordinates (x right, y down), not lon/lat", stacklevel=2)
+    path.write_text(json.dumps(geojson_collection(dets, names, label_to_cat_id, georef, source)))
+    return path
+
+
+def geojson_collection(dets: Detections, names: list[str], label_to_cat_id: dict, georef: Georef | None,
+                       source: str = "") -> dict:
+    """FeatureCollection of box polygons with class, score and pixel box; WGS84 when ``georef`` is usable."""
+    geo = georef is not None and georef.ok
     ids, cat_names = _category(dets.labels, names, label_to_cat_id)
     features = [
         {"type": "Feature", "id": k,
@@ -116,10 +123,8 @@ def write_geojson(path: Path, dets: Detections, names: list[str], label_to_cat_i
                         "bbox_px": [round(float(v), 2) for v in box]}}
         for k, (ring, box, s) in enumerate(zip(box_rings(dets.boxes, georef), dets.boxes, dets.scores))
     ]
-    collection = {"type": "FeatureCollection", "features": features,
-                  "sarmae": {"source": source, "coordinates": "WGS84 lon/lat" if geo else "pixel x/y (y down)"}}
-    path.write_text(json.dumps(collection))
-    return path
+    return {"type": "FeatureCollection", "features": features,
+            "sarmae": {"source": source, "coordinates": "WGS84 lon/lat" if geo else "pixel x/y (y down)"}}
 
 
 def write_preview(path: Path, scene: Scene, dets: Detections, names: list[str], max_side: int = 2048) -> Path:
