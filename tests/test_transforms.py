@@ -80,12 +80,41 @@ def test_mae_transforms_size_and_normalisation(crop):
     assert out.shape == (3, 32, 32)
     expected = (value - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     assert torch.allclose(out.mean(dim=(1, 2)), expected, atol=1e-4)
-    first = transform.transforms[0]
+    assert (transform.crop is not None) == crop
     if crop:
-        assert isinstance(first, v2.RandomResizedCrop) and first.scale == (0.2, 1.0)
-        assert first.interpolation == v2.InterpolationMode.BICUBIC
-    else:
-        assert isinstance(first, v2.Resize)
+        assert transform.crop.scale == (0.2, 1.0)
+
+
+def _torchvision_mae(size: int, crop: bool) -> v2.Compose:
+    """The MAE recipe written with torchvision v2 transforms (what ``mae_transforms`` must reproduce)."""
+    first = (v2.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+             if crop else v2.Resize((size, size), antialias=True))
+    return v2.Compose([first, v2.RandomHorizontalFlip(0.5), v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD))])
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_mae_transforms_equal_torchvision_compose_seed_for_seed(crop):
+    image = torch.rand(3, 90, 130)
+    ours, theirs = mae_transforms(size=48, random_resized_crop=crop), _torchvision_mae(48, crop)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        a = ours(image)
+        after_ours = torch.rand(1)
+        torch.manual_seed(seed)
+        b = theirs(image)
+        assert torch.allclose(a, b, atol=1e-5) and torch.equal(after_ours, torch.rand(1))
+
+
+def test_mae_crop_box_is_torchvisions():
+    transform = mae_transforms(size=256, random_resized_crop=True)
+    reference = v2.RandomResizedCrop(256, scale=(0.2, 1.0))
+    for seed in range(10):
+        torch.manual_seed(seed)
+        box, flip = transform.draw(600, 800)
+        torch.manual_seed(seed)
+        params = reference.make_params([torch.empty(3, 600, 800)])
+        assert box == (params["top"], params["left"], params["height"], params["width"])
+        assert flip == bool(torch.rand(1) < 0.5)
 
 
 def test_mae_resize_then_flip_matches_functional():

@@ -32,6 +32,10 @@ SCALING_MODES = ("percentile", "linear", "db")
 # 10k x 10k scene at milliseconds instead of seconds.
 STATS_MAX_SAMPLES = 262_144
 _GDAL_NODATA_TAG = 42113
+# A JPEG decoded at 1/s keeps this many times the output size: the DCT's s x s averaging is sharper than the
+# antialiasing filter of a plain resize, and with a 1.5x margin the final resize still smooths like it (an
+# 800 px chip -> 256 decodes at 1/2; at a margin of 1, 512 -> 256 would be the DCT output unresized).
+JPEG_DRAFT_MARGIN = 1.5
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,19 @@ def read_image_with_mask(path: str | Path, scaling: IntensityScaling | None = No
     Returns ``(image float32 (H, W, 3) in [0, 1], valid bool (H, W))``. Raises ``DataError`` naming the file
     for a missing, empty, corrupt or unsupported file, unusable band counts, or an image with no valid pixel.
     """
-    path = Path(path)
+    path = check_image_file(path)
     scaling = scaling or IntensityScaling()
+    bands, file_nodata = read_bands(path)
+    nodata = scaling.nodata if scaling.nodata is not None else file_nodata
+    image, valid = bands_to_image(bands, scaling, nodata)
+    if not valid.any():
+        raise DataError(f"{path}: no valid pixel (all NaN, inf, nodata or, in db mode, <= 0); check the file")
+    return image, valid
+
+
+def check_image_file(path: str | Path) -> Path:
+    """``path`` as a Path; ``DataError`` for an unsupported extension, a missing or an empty file."""
+    path = Path(path)
     ext = path.suffix.lower()
     if ext not in IMAGE_EXTENSIONS:
         raise DataError(f"{path}: unsupported image type '{ext}'; use one of {', '.join(IMAGE_EXTENSIONS)}")
@@ -114,13 +129,7 @@ def read_image_with_mask(path: str | Path, scaling: IntensityScaling | None = No
         raise DataError(f"{path}: no such image file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes); re-export or remove it")
-
-    bands, file_nodata = read_bands(path)
-    nodata = scaling.nodata if scaling.nodata is not None else file_nodata
-    image, valid = bands_to_image(bands, scaling, nodata)
-    if not valid.any():
-        raise DataError(f"{path}: no valid pixel (all NaN, inf, nodata or, in db mode, <= 0); check the file")
-    return image, valid
+    return path
 
 
 def read_bands(path: Path) -> tuple[np.ndarray, float | None]:
@@ -171,10 +180,65 @@ def _read_pillow(path: Path) -> np.ndarray:
     except DataError:
         raise
     except Exception as exc:  # decoder errors come in many types (OSError, SyntaxError, zlib.error...)
-        raise DataError(
-            f"{path}: cannot decode image ({type(exc).__name__}: {exc}); the file is corrupt or "
-            "truncated, re-export or remove it"
-        ) from None
+        raise _decode_error(path, exc) from None
+
+
+def open_8bit(path: str | Path) -> Image.Image | None:
+    """The file, opened but not decoded, when :func:`read_image` would only divide its pixels by 255: an 8-bit
+    grey (L) or RGB JPEG/PNG/BMP, as SARDet-100K stores its chips. None for anything else (16-bit, palette,
+    alpha, TIFF...), which then takes :func:`read_image`. Knowing the crop before decoding lets
+    :func:`read_8bit_region` decode a JPEG at a reduced scale. The caller closes the image."""
+    path = check_image_file(path)
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        return None
+    try:
+        img = Image.open(path)
+    except Exception as exc:
+        raise _decode_error(path, exc) from None
+    plain = img.mode == "L" or (img.mode == "RGB" and not (img.format == "PNG" and _png_bit_depth(path) == 16))
+    if not plain:
+        img.close()
+        return None
+    return img
+
+
+def read_8bit_region(img: Image.Image, box: tuple[int, int, int, int], size: int, resample: Image.Resampling
+                     ) -> np.ndarray:
+    """Decode ``img`` (from :func:`open_8bit`) and resize its ``box`` = (top, left, height, width), in original
+    pixels, to ``size`` x ``size``: uint8 ``(size, size)`` for grey, ``(size, size, 3)`` for RGB.
+
+    A JPEG is decoded at the DCT scale 1/2, 1/4 or 1/8 of :func:`draft_scale`, which leaves the box larger
+    than ``size`` both ways, so the resize still shrinks and quality stays that of a plain resize; the box is
+    mapped to the decoded grid exactly (fractional coordinates), so the geometry is unchanged.
+    """
+    top, left, height, width = box
+    scale = draft_scale(height, width, size) if img.format == "JPEG" else 1
+    try:
+        if scale > 1:
+            full_width = img.width
+            drafted = img.draft(img.mode, (full_width // scale, img.height // scale))
+            if drafted is not None:
+                scale = full_width / drafted[1][2]  # the decoder's real factor (Pillow picks it)
+            else:
+                scale = 1
+        region = (left / scale, top / scale, (left + width) / scale, (top + height) / scale)
+        return np.array(img.resize((size, size), resample, box=region))  # writable, for torch
+    except Exception as exc:
+        raise _decode_error(Path(img.filename), exc) from None
+
+
+def draft_scale(height: int, width: int, size: int) -> int:
+    """The JPEG DCT reduction (1, 2, 4 or 8) for resizing a ``height`` x ``width`` region to ``size``: the
+    largest that leaves at least ``JPEG_DRAFT_MARGIN`` x ``size`` decoded pixels both ways."""
+    need = JPEG_DRAFT_MARGIN * size
+    return next((s for s in (8, 4, 2) if height >= s * need and width >= s * need), 1)
+
+
+def _decode_error(path: Path, exc: Exception) -> DataError:
+    return DataError(
+        f"{path}: cannot decode image ({type(exc).__name__}: {exc}); the file is corrupt or "
+        "truncated, re-export or remove it"
+    )
 
 
 def _png_bit_depth(path: Path) -> int:

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import Dataset
 
 from sarmae.data.coco import image_candidates, load_coco_json, resolve_image_path, split_root
-from sarmae.data.io import IMAGE_EXTENSIONS, IntensityScaling, read_image
+from sarmae.data.io import IMAGE_EXTENSIONS, IntensityScaling, open_8bit, read_image
+from sarmae.data.transforms import MAETransform
 from sarmae.errors import DataError
 
 
@@ -52,7 +53,11 @@ def _coco_images(ann_file: Path) -> list[str]:
 
 
 class UnlabeledImages(Dataset):
-    """Item ``i`` -> ``transform(image)``, image a float32 ``[3, H, W]`` tensor in [0, 1]."""
+    """Item ``i`` -> ``transform(image)``, image a float32 ``[3, H, W]`` tensor in [0, 1].
+
+    With an :class:`~sarmae.data.transforms.MAETransform`, 8-bit chips (no ``nodata`` rule) skip the float
+    image: the transform's 8-bit path decodes and resizes in uint8, the same sample up to rounding.
+    """
 
     def __init__(
         self,
@@ -87,5 +92,11 @@ class UnlabeledImages(Dataset):
         return Path(self.paths[i])
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        image = torch.from_numpy(read_image(self.paths[i], self.scaling)).permute(2, 0, 1).contiguous()
+        path = self.paths[i]
+        if isinstance(self.transform, MAETransform) and (self.scaling is None or self.scaling.nodata is None):
+            img = open_8bit(path)  # 8-bit chip: decode + resize in uint8, JPEG at reduced scale
+            if img is not None:
+                with img:
+                    return self.transform.from_8bit(img)
+        image = torch.from_numpy(read_image(path, self.scaling)).permute(2, 0, 1).contiguous()
         return self.transform(image) if self.transform is not None else image
