@@ -21,7 +21,7 @@ from torch import nn
 
 from sarmae.errors import ConfigError
 from sarmae.models.mae_targets import resolve_target, sar_gradient_target, standardize, target_dim
-from sarmae.models.vit import sincos_2d, vit_size
+from sarmae.models.vit import CpuFp32Attention, sincos_2d, vit_size
 
 DECODER_PREFIXES = ("decoder_", "mask_token")
 
@@ -65,7 +65,8 @@ class MaskedAutoencoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False)
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer, attn_layer=CpuFp32Attention)
+            for _ in range(depth)
         )
         self.norm = norm_layer(embed_dim)
 
@@ -74,7 +75,10 @@ class MaskedAutoencoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False)
         self.decoder_blocks = nn.ModuleList(
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            Block(
+                decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer,
+                attn_layer=CpuFp32Attention,
+            )
             for _ in range(decoder_depth)
         )
         self.decoder_norm = norm_layer(decoder_embed_dim)
