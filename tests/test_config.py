@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sarmae.config import CONFIG_DIR, check_keys, config_schema, load_config
+from sarmae.config import CONFIG_DIR, check_keys, complete_config, config_schema, load_config, load_yaml
 from sarmae.errors import ConfigError
 
 SCHEMA = {"epochs": 12, "lr": 1e-4, "strict": False, "name": None, "betas": [0.9, 0.999],
@@ -33,6 +33,37 @@ def test_typos_and_wrong_types_are_one_line_errors(cfg, message):
 def test_valid_values_pass():
     check_keys({"epochs": 3, "lr": 1, "name": "x", "betas": (0.9, 0.95), "data": {"root": "/d", "scaling": {"a": 1}}},
                SCHEMA)  # an int for a float, anything for a null default, an open section takes any key
+
+
+def test_complete_config_fills_every_default_once_and_types_numbers(tmp_path):
+    root = CONFIG_DIR / "vitdet_b_sardet100k.yaml"
+    user = tmp_path / "mine.yaml"  # a user's config without _base_: only what it changes
+    user.write_text("epochs: 3\noptim: {lr: 1}\nmodel: {fpn_channels: 64}\n"
+                    "data: {root: /d, scaling: {mode: fixed, low: 0, high: 255}}\n")
+    cfg = complete_config(load_config(user), "vitdet_b_sardet100k", ("fpn_channels",), ("data.scaling",))
+    defaults = load_yaml(root)
+    assert cfg["epochs"] == 3 and cfg["trainer"] == defaults["trainer"] and cfg["eval"] == defaults["eval"]
+    assert cfg["optim"]["lr"] == 1.0 and isinstance(cfg["optim"]["lr"], float)  # typed like the default 1e-4
+    assert cfg["optim"]["warmup_iters"] == 500 and cfg["model"]["fpn_channels"] == 64
+    assert cfg["model"]["window_size"] == defaults["model"]["window_size"]
+    assert cfg["data"]["scaling"] == {"mode": "fixed", "low": 0, "high": 255}  # an open section is replaced whole
+    again = complete_config(cfg, "vitdet_b_sardet100k", ("fpn_channels",), ("data.scaling",))
+    assert again == cfg  # idempotent: a run's saved config goes through it unchanged
+    with pytest.raises(ConfigError, match="optim.lrr: unknown key; did you mean optim.lr"):
+        complete_config({"optim": {"lrr": 1}}, "vitdet_b_sardet100k")
+
+
+def test_the_engine_reads_no_defaults_of_its_own():
+    """Defaults live in the root YAMLs only: the training engine reads complete configs, never .get(key, default)
+    on a config section (checkpoint dicts, which come from other versions, are read tolerantly elsewhere)."""
+    import re
+
+    import sarmae
+
+    pattern = re.compile(r"(cfg|ocfg|tcfg|data)\.get\(|get_dotted\(")
+    for path in sorted((Path(sarmae.__file__).parent / "train").glob("*.py")):
+        hits = [line for line in path.read_text().splitlines() if pattern.search(line)]
+        assert not hits, f"{path.name}: {hits}"
 
 
 @pytest.mark.parametrize("config,root,model_keys", [

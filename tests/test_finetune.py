@@ -27,7 +27,7 @@ from sarmae.models.mae import MaskedAutoencoder
 from sarmae.train.finetune import (
     METRIC_COLUMNS,
     ViTDetFinetuning,
-    check_finetune_config,
+    finetune_config,
     run_finetune,
     step_schedule,
 )
@@ -123,7 +123,7 @@ def test_fine_tuning_configs_accept_the_common_keys():
                                  "out=/tmp/x"])
         assert (cfg["data"]["root"], cfg["epochs"], cfg["batch_size"], cfg["out"]) == ("/data", 3, 2, "/tmp/x")
         assert {"init", "weights", "resume"} <= set(cfg)
-        check_finetune_config(cfg)
+        finetune_config(cfg)
 
 
 def test_paper_config_builds_vit_base_at_800(tmp_path):

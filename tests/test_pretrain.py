@@ -314,9 +314,9 @@ def test_warmup_cosine_schedule():
 
 
 def test_lr_rule_uses_the_effective_batch():
-    assert peak_lr({"blr": 1.5e-4, "base_batch": 256}, 512) == pytest.approx(3e-4)
-    assert peak_lr({"blr": 1.5e-4}, 64) == pytest.approx(1.5e-4 / 4)
-    assert peak_lr({"lr": 1e-3, "blr": 1.5e-4}, 64) == 1e-3  # an explicit lr wins
+    assert peak_lr({"lr": None, "blr": 1.5e-4, "base_batch": 256}, 512) == pytest.approx(3e-4)
+    assert peak_lr({"lr": None, "blr": 1.5e-4, "base_batch": 256}, 64) == pytest.approx(1.5e-4 / 4)
+    assert peak_lr({"lr": 1e-3, "blr": 1.5e-4, "base_batch": 256}, 64) == 1e-3  # an explicit lr wins
 
 
 def test_weight_decay_groups():

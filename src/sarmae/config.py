@@ -148,6 +148,34 @@ def _same_kind(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
+def complete_config(cfg: dict, root: str, model_keys: tuple[str, ...] = (),
+                    open_sections: tuple[str, ...] = ()) -> dict:
+    """Check ``cfg`` against its command's schema, then return it complete and typed: every key of the root
+    config present (its default where ``cfg`` is silent) and every number of a float key a float.
+
+    The engine then reads ``cfg["optim"]["lr"]``, never ``.get(key, default)``: each default is written once, in
+    the root YAML. An ``open_sections`` value (e.g. ``data.scaling``) replaces the default whole, because its keys
+    mean different things per mode. Idempotent, so a config that went through it (a run's config.yaml, a
+    checkpoint's hyper-parameters) can go through it again.
+    """
+    check_keys(cfg, config_schema(root, model_keys, open_sections))
+    defaults = load_yaml(resolve_config_path(root))
+    for dotted in open_sections:
+        if get_dotted(cfg, dotted) is not None:
+            set_dotted(defaults, dotted, None)
+    return _typed(merge(defaults, cfg), defaults)
+
+
+def _typed(cfg: dict, defaults: dict) -> dict:
+    for key, value in cfg.items():
+        default = defaults.get(key)
+        if isinstance(value, dict) and isinstance(default, dict):
+            _typed(value, default)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            cfg[key] = float(value)
+    return cfg
+
+
 def config_schema(root: str, model_keys: tuple[str, ...] = (), open_sections: tuple[str, ...] = ()) -> dict:
     """The keys a command accepts: its root config (the paper's, which lists every setting with its default),
     plus the model builder's keyword arguments under ``model``; ``open_sections`` are checked by their reader."""

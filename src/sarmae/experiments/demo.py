@@ -78,8 +78,11 @@ def run_demo(
     pools = {"natural": natural_pool(plan["data"]), "sar": root / "Unlabeled"}
 
     pre, fin = plan["pretrain"], plan["finetune"]
-    pre_epochs = int(load_config(pre["config"], list(pre["overrides"])).get("epochs", 1))
-    fin_epochs = int(load_config(fin["config"], list(fin["overrides"])).get("epochs", 1))
+    from sarmae.train.finetune import finetune_config
+    from sarmae.train.pretrain import pretrain_config
+
+    pre_epochs = pretrain_config(load_config(pre["config"], list(pre["overrides"])))["epochs"]
+    fin_epochs = finetune_config(load_config(fin["config"], list(fin["overrides"])))["epochs"]
     encoders: dict[str, Path] = {}
     jobs: list[Job] = []
     for name, pool, target in (("natural", "natural", "pixels"), ("sar_pixels", "sar", "pixels"),

@@ -40,7 +40,7 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 def estimate_hours(cfg: dict, n_images: int, kind: str, gpus: int, steps: int) -> tuple[float, float]:
     """(measured images/s on one device, estimated hours on ``gpus`` devices) for ``cfg``'s whole schedule."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = str((cfg.get("trainer") or {}).get("precision", "32")) if device.type == "cuda" else "32"
+    precision = str(cfg["trainer"]["precision"]) if device.type == "cuda" else "32"
     batch = int(cfg["batch_size"]) if device.type == "cuda" else min(2, int(cfg["batch_size"]))
     measure = pretrain_speed if kind == "pretrain" else detection_speed
     speed = measure(cfg["model"], batch, steps, device, precision)
@@ -64,8 +64,12 @@ def run_reproduce(
     devices = [f"trainer.devices={gpus}"] if torch.cuda.is_available() else []
     pre_over = [f"data.root={data}", *devices, *pre_over]
     fin_over = [*devices, *fin_over]
-    pre_cfg, fin_cfg = load_config(pretrain_config, pre_over), load_config(finetune_config, fin_over)
-    n_train = len(load_coco_json(data / "Annotations" / f"{pre_cfg['data'].get('split', 'train')}.json")["images"])
+    from sarmae.train.finetune import finetune_config as complete_finetune
+    from sarmae.train.pretrain import pretrain_config as complete_pretrain
+
+    pre_cfg = complete_pretrain(load_config(pretrain_config, pre_over))
+    fin_cfg = complete_finetune(load_config(finetune_config, fin_over))
+    n_train = len(load_coco_json(data / "Annotations" / f"{pre_cfg['data']['split']}.json")["images"])
 
     rows = [Row("-", "scratch")]
     if imagenet_weights:
@@ -96,7 +100,7 @@ def run_reproduce(
 
     run_pretrain_step(pretrain_config, pre_over, out / "pretrain")
     per_row = {
-        row.label: [run_row(row, int(fin_cfg.get("seed", 0)), finetune_config, fin_over, data,
+        row.label: [run_row(row, fin_cfg["seed"], finetune_config, fin_over, data,
                             out / f"finetune_{row.init}")]
         for row in rows
     }

@@ -59,14 +59,15 @@ def run_row(row: Row, seed: int, config: str, overrides: list[str], data_root: P
         print(f"{row.label} (seed {seed}): done earlier ({marker})")
         return json.loads(marker.read_text())
     from sarmae.infer.evaluate import evaluate_checkpoint
-    from sarmae.train.finetune import run_finetune
+    from sarmae.train.finetune import finetune_config, run_finetune
 
     cfg = load_config(config, overrides)
     for key, value in (("out", str(out)), ("resume", "auto"), ("seed", seed), ("init", row.init),
                        ("weights", str(row.weights) if row.weights else None), ("data.root", str(data_root))):
         set_dotted(cfg, key, value)
+    cfg = finetune_config(cfg)
     run_finetune(cfg)
-    split = cfg.get("data", {}).get("val_split", "val")
+    split = cfg["data"]["val_split"]
     return evaluate_checkpoint(out / "weights" / "last.ckpt", data_root=data_root, split=split, out=out / "eval")
 
 

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
-from sarmae.config import check_keys, config_schema, get_dotted
+from sarmae.config import complete_config
 from sarmae.data.coco import CocoDetection
 from sarmae.data.io import IntensityScaling
 from sarmae.data.loaders import class_info, detection_loader
@@ -50,25 +50,16 @@ METRIC_COLUMNS = ["epoch", "step", "loss", *LOSS_KEYS, "lr", "images_per_s", *(f
 INITS = ("scratch", "imagenet", "sar", "timm")
 
 
-def _positive_int(cfg: dict, key: str, default: Any = None) -> int:
-    value = get_dotted(cfg, key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value!r}: must be a whole number >= 1")
-    return value
-
-
-def check_finetune_config(cfg: dict) -> None:
-    """Fail in the first second, not after the datasets are parsed: unknown keys, run length, init/weights, eval."""
-    check_keys(cfg, config_schema(SCHEMA_CONFIG, DETECTOR_KEYS, open_sections=("data.scaling",)))
-    for key in ("epochs", "batch_size"):
-        if key not in cfg:
-            raise ConfigError(f"config has no '{key}': add it to the YAML or pass {key}=N")
-        _positive_int(cfg, key)
-    _positive_int(cfg, "eval.max_dets", 100)
-    _positive_int(cfg, "eval.every", 1)
-    if not get_dotted(cfg, "data.root"):
-        raise ConfigError("no dataset: pass data.root=PATH (a COCO / SARDet-100K root with Annotations/)")
-    init, weights = cfg.get("init") or "scratch", cfg.get("weights")
+def finetune_config(cfg: dict) -> dict:
+    """The checked, complete fine-tuning config (:func:`~sarmae.config.complete_config`), with the checks that
+    fail in the first second rather than after the datasets are parsed: run length, eval, init/weights."""
+    cfg = complete_config(cfg, SCHEMA_CONFIG, DETECTOR_KEYS, open_sections=("data.scaling",))
+    for key, value in (("epochs", cfg["epochs"]), ("batch_size", cfg["batch_size"]),
+                       ("eval.max_dets", cfg["eval"]["max_dets"]), ("eval.every", cfg["eval"]["every"])):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value!r}: must be a whole number >= 1")
+    init = cfg["init"] = cfg["init"] or "scratch"
+    weights = cfg["weights"]
     if init not in INITS:
         raise ConfigError(f"init={init}: use one of {', '.join(INITS)}")
     if init == "scratch" and weights:
@@ -76,8 +67,9 @@ def check_finetune_config(cfg: dict) -> None:
     if init != "scratch":
         if not weights:
             raise ConfigError(f"init={init} needs weights=PATH (an MAE / timm checkpoint or encoder.safetensors)")
-        if not Path(str(weights)).is_file() and not cfg.get("resume"):
+        if not Path(str(weights)).is_file() and not cfg["resume"]:
             raise ConfigError(f"weights={weights}: no such file; pass the checkpoint to initialise the ViT from")
+    return cfg
 
 
 def step_schedule(step: int, warmup: int, milestones: list[int], gamma: float = 0.1) -> float:
@@ -98,14 +90,15 @@ class ViTDetFinetuning(SavesRngState, L.LightningModule):
 
     def __init__(self, cfg: dict, classes: dict, coco_gt: dict | None = None) -> None:
         super().__init__()
+        cfg = finetune_config(cfg)
         self.save_hyperparameters({"cfg": cfg, "classes": classes})
         self.cfg = cfg
         self.classes = classes
         self.label_to_cat_id = {int(k): int(v) for k, v in classes["label_to_cat_id"].items()}
-        self.model = build_detector(cfg.get("model") or {}, num_classes=len(classes["names"]) + 1)
+        self.model = build_detector(cfg["model"], num_classes=len(classes["names"]) + 1)
         keep_boxes_float32(self.model)
         self._configured_dets = int(self.model.roi_heads.detections_per_img)
-        self.set_max_dets(int(get_dotted(cfg, "eval.max_dets", 100)))
+        self.set_max_dets(cfg["eval"]["max_dets"])
         self.coco_gt = coco_gt
         self.csv_rows: list[dict] = []
         self.metrics: dict = {}
@@ -129,7 +122,7 @@ class ViTDetFinetuning(SavesRngState, L.LightningModule):
         Every ViT tensor except ViTDet's new rel-pos tables must come from the checkpoint; a partial load
         (another architecture, a classifier-only file) is an error rather than a silently weaker baseline.
         """
-        init, weights = self.cfg.get("init") or "scratch", self.cfg.get("weights")
+        init, weights = self.cfg["init"], self.cfg["weights"]
         if init == "scratch":
             return
         report = load_vit_encoder(self.model, Path(str(weights)), name=f"weights={weights}")
@@ -207,15 +200,13 @@ class ViTDetFinetuning(SavesRngState, L.LightningModule):
     # -- optimiser and checkpoints ----------------------------------------------------------------------
 
     def configure_optimizers(self):
-        ocfg = self.cfg.get("optim") or {}
-        lr = float(ocfg.get("lr", 1e-4))
-        groups = param_groups(self.model, lr, float(ocfg.get("weight_decay", 0.05)), ocfg.get("layer_decay"))
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(ocfg.get("betas", (0.9, 0.999))))
-        epochs = max(1, int(self.cfg["epochs"]))
-        per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // epochs)
-        milestones = [int(m) * per_epoch for m in ocfg.get("milestones", [8, 11])]
-        warmup = int(ocfg.get("warmup_iters", 500))
-        gamma = float(ocfg.get("gamma", 0.1))
+        ocfg = self.cfg["optim"]
+        lr = ocfg["lr"]
+        groups = param_groups(self.model, lr, ocfg["weight_decay"], ocfg["layer_decay"])
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(ocfg["betas"]))
+        per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // self.cfg["epochs"])
+        milestones = [int(m) * per_epoch for m in ocfg["milestones"]]
+        warmup, gamma = ocfg["warmup_iters"], ocfg["gamma"]
 
         def schedule(step: int) -> float:
             return step_schedule(step, warmup, milestones, gamma)
@@ -234,15 +225,15 @@ def detection_datasets(cfg: dict) -> tuple[CocoDetection, CocoDetection]:
     detector's own resize is then a no-op; validation images keep their size, the detector resizes them and
     maps its boxes back to the file's pixels, which is what the COCO ground truth is in.
     """
-    data = cfg.get("data") or {}
-    scaling = IntensityScaling.from_config(data.get("scaling"))
-    size = int(get_dotted(cfg, "model.img_size", 800))
+    data = cfg["data"]
+    scaling = IntensityScaling.from_config(data["scaling"])
+    size = cfg["model"]["img_size"]
     train = CocoDetection(
-        data["root"], data.get("train_split", "train"), transforms=detection_transforms(True, size),
-        scaling=scaling, keep_empty=bool(data.get("keep_empty", False)),
+        data["root"], data["train_split"], transforms=detection_transforms(True, size),
+        scaling=scaling, keep_empty=data["keep_empty"],
     )
     val = CocoDetection(
-        data["root"], data.get("val_split", "val"), transforms=detection_transforms(False, size),
+        data["root"], data["val_split"], transforms=detection_transforms(False, size),
         scaling=scaling, keep_empty=True,
     )
     if class_info(train) != class_info(val):
@@ -283,8 +274,10 @@ def check_resume(path: Path, module: ViTDetFinetuning) -> int:
 
 def run_finetune(cfg: dict) -> Path:
     """``sarmae finetune``: train with validation every ``eval.every`` epochs; returns the run folder."""
-    check_finetune_config(cfg)
-    L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
+    cfg = finetune_config(cfg)
+    if not cfg["data"]["root"]:
+        raise ConfigError("no dataset: pass data.root=PATH (a COCO / SARDet-100K root with Annotations/)")
+    L.seed_everything(cfg["seed"], workers=True, verbose=False)
     run_dir = prepare_run_dir(cfg, "finetune")
     resume = resolve_resume(cfg, run_dir)
     train, val = detection_datasets(cfg)
@@ -296,13 +289,14 @@ def run_finetune(cfg: dict) -> Path:
             note += f" (nothing left to train: pass epochs=N with N > {finished} to continue)"
     else:
         module.initialise_backbone()
-        note = "fresh start" + (" (resume=auto: no weights/last.ckpt yet)" if cfg.get("resume") else "")
+        note = "fresh start" + (" (resume=auto: no weights/last.ckpt yet)" if cfg["resume"] else "")
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "weights", filename="best", monitor="val/mAP", mode="max",
         save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
     )
     trainer = build_trainer(cfg, run_dir, [CsvMetrics(run_dir / "metrics.csv", METRIC_COLUMNS)],
-                            checkpoint=checkpoint, val_every=int(get_dotted(cfg, "eval.every", 1)))
+                            checkpoint=checkpoint, val_every=cfg["eval"]["every"],
+                            limit_val_batches=cfg["trainer"]["limit_val_batches"])
     if trainer.is_global_zero:
         print(f"fine-tuning on {len(train)} images, validating on {len(val)} -> {run_dir}: {note}")
     try:

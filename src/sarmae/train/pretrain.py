@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from sarmae.config import check_keys, config_schema, get_dotted
+from sarmae.config import complete_config
 from sarmae.data.io import IntensityScaling
 from sarmae.data.robust import SkipBadSamples, collate_skip_bad
 from sarmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, mae_transforms
@@ -37,6 +37,15 @@ from sarmae.train.runs import (
 
 SCHEMA_CONFIG = "mae_vitb16_sardet100k"  # the paper's config lists every pre-training key with its default
 METRIC_COLUMNS = ["epoch", "step", "loss", "lr", "images_per_s"]
+
+
+def pretrain_config(cfg: dict) -> dict:
+    """The checked, complete pre-training config (:func:`~sarmae.config.complete_config`), run length checked."""
+    cfg = complete_config(cfg, SCHEMA_CONFIG, ("size", *MAE_DEFAULTS), open_sections=("data.scaling",))
+    for key in ("epochs", "batch_size"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]!r}: must be a whole number >= 1")
+    return cfg
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
@@ -62,9 +71,10 @@ class MAEPretraining(SavesRngState, L.LightningModule):
 
     def __init__(self, cfg: dict) -> None:
         super().__init__()
+        cfg = pretrain_config(cfg)
         self.save_hyperparameters({"cfg": cfg})
         self.cfg = cfg
-        self.model: MaskedAutoencoder = build_mae(cfg.get("model") or {})
+        self.model: MaskedAutoencoder = build_mae(cfg["model"])
         check_target_normalisation(cfg, self.model)
         self.csv_rows: list[dict] = []
         self.peak_lr = 0.0
@@ -79,7 +89,7 @@ class MAEPretraining(SavesRngState, L.LightningModule):
         self._compiled = None
 
     def configure_model(self) -> None:
-        if get_dotted(self.cfg, "trainer.compile", False) and self._compiled is None:
+        if self.cfg["trainer"]["compile"] and self._compiled is None:
             # Not registered as a submodule: the state dict keeps the plain MAE key names.
             # Static shapes: MaskedAutoencoder.random_masking draws torch.rand(generator=...), which dynamic-shape
             # tracing rejects; a short last batch or skipped images then cost one recompile each.
@@ -138,9 +148,8 @@ class MAEPretraining(SavesRngState, L.LightningModule):
 
     def on_train_start(self) -> None:
         self._stepped_at = self.global_step
-        ocfg = self.cfg.get("optim") or {}
-        rule = "" if ocfg.get("lr") else f" = blr {float(ocfg.get('blr', 1.5e-4)):g} x {self.effective_batch}" \
-            f" / {int(ocfg.get('base_batch', 256))}"
+        ocfg = self.cfg["optim"]
+        rule = "" if ocfg["lr"] else f" = blr {ocfg['blr']:g} x {self.effective_batch} / {ocfg['base_batch']}"
         report(self.trainer, f"effective batch {self.effective_batch}, peak lr {self.peak_lr:.4g}{rule}")
 
     def on_train_epoch_start(self) -> None:
@@ -155,18 +164,18 @@ class MAEPretraining(SavesRngState, L.LightningModule):
         self._skipped = 0
 
     def configure_optimizers(self):
-        ocfg = self.cfg.get("optim") or {}
-        batch = int(self.cfg["batch_size"]) * self.trainer.accumulate_grad_batches * self.trainer.world_size
+        ocfg = self.cfg["optim"]
+        batch = self.cfg["batch_size"] * self.trainer.accumulate_grad_batches * self.trainer.world_size
         lr = peak_lr(ocfg, batch)
         self.peak_lr, self.effective_batch = lr, batch
         optimizer = torch.optim.AdamW(
-            param_groups(self.model, float(ocfg.get("weight_decay", 0.05))),
+            param_groups(self.model, ocfg["weight_decay"]),
             lr=lr,
-            betas=tuple(float(b) for b in ocfg.get("betas", (0.9, 0.95))),
+            betas=tuple(float(b) for b in ocfg["betas"]),
         )
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = int(round(total * float(ocfg.get("warmup_epochs", 40)) / max(1, int(self.cfg["epochs"]))))
-        min_lr = float(ocfg.get("min_lr", 0.0))
+        warmup = int(round(total * ocfg["warmup_epochs"] / self.cfg["epochs"]))
+        min_lr = ocfg["min_lr"]
         if min_lr > lr:
             raise ConfigError(f"optim.min_lr={min_lr:g} is above the peak lr {lr:g}; lower min_lr or raise blr")
         min_ratio = min_lr / lr if lr > 0 else 0.0
@@ -180,9 +189,9 @@ class MAEPretraining(SavesRngState, L.LightningModule):
 
 def check_target_normalisation(cfg: dict, model: MaskedAutoencoder) -> None:
     """The ``gradients`` target undoes the ImageNet mean / std to get intensity: refuse other ``data.mean/std``."""
-    data = cfg.get("data") or {}
+    data = cfg["data"]
     custom = [key for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD))
-              if data.get(key) is not None and tuple(float(v) for v in data[key]) != default]
+              if data[key] is not None and tuple(float(v) for v in data[key]) != default]
     if model.target == "gradients" and custom:
         raise ConfigError(
             f"model.target=gradients recovers intensity with the default (ImageNet) data.mean / data.std; drop "
@@ -192,9 +201,9 @@ def check_target_normalisation(cfg: dict, model: MaskedAutoencoder) -> None:
 
 def peak_lr(ocfg: dict, effective_batch: int) -> float:
     """``optim.lr`` if set, else the MAE rule ``blr x effective_batch / base_batch``."""
-    if ocfg.get("lr"):
+    if ocfg["lr"]:
         return float(ocfg["lr"])
-    return float(ocfg.get("blr", 1.5e-4)) * effective_batch / float(ocfg.get("base_batch", 256))
+    return ocfg["blr"] * effective_batch / ocfg["base_batch"]
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -229,30 +238,30 @@ def check_resume(path: Path, module: MAEPretraining) -> int:
 
 def pretrain_sources(cfg: dict) -> list[Path]:
     """Unlabeled image sources: ``data.images`` (folders, a list allowed) and/or a COCO json of ``data.root``."""
-    data = cfg.get("data") or {}
+    data = cfg["data"]
     sources: list[Path] = []
-    images = data.get("images")
+    images = data["images"]
     if images:
         sources += [Path(p) for p in (images if isinstance(images, list) else [images])]
-    if data.get("root"):
-        sources.append(Path(data["root"]) / "Annotations" / f"{data.get('split', 'train')}.json")
+    if data["root"]:
+        sources.append(Path(data["root"]) / "Annotations" / f"{data['split']}.json")
     if not sources:
         raise ConfigError("no pre-training images: set data.images=FOLDER or data.root=SARDET100K_ROOT")
     return sources
 
 
 def build_pretrain_dataset(cfg: dict) -> SkipBadSamples:
-    data = cfg.get("data") or {}
+    data = cfg["data"]
     transform = mae_transforms(
-        size=int(get_dotted(cfg, "model.img_size", 256)),
-        random_resized_crop=bool(data.get("random_resized_crop", False)),
-        mean=tuple(data.get("mean") or IMAGENET_MEAN),
-        std=tuple(data.get("std") or IMAGENET_STD),
+        size=cfg["model"]["img_size"],
+        random_resized_crop=data["random_resized_crop"],
+        mean=tuple(data["mean"] or IMAGENET_MEAN),
+        std=tuple(data["std"] or IMAGENET_STD),
     )
     images = UnlabeledImages(
-        pretrain_sources(cfg), transform=transform, scaling=IntensityScaling.from_config(data.get("scaling"))
+        pretrain_sources(cfg), transform=transform, scaling=IntensityScaling.from_config(data["scaling"])
     )
-    return SkipBadSamples(images, strict=bool(data.get("strict", False)))
+    return SkipBadSamples(images, strict=data["strict"])
 
 
 class ReconstructionFigures(Callback):
@@ -260,10 +269,10 @@ class ReconstructionFigures(Callback):
 
     def __init__(self, cfg: dict, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, run_dir
-        self.every = int(get_dotted(cfg, "figure.every", 0) or 0)
-        if get_dotted(cfg, "model.target") == "gradients":
+        self.every = cfg["figure"]["every"] or 0
+        if cfg["model"]["target"] == "gradients":
             self.every = 0  # a gradient-target MAE predicts no pixels to draw
-        self.count = int(get_dotted(cfg, "figure.images", 4))
+        self.count = cfg["figure"]["images"]
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
@@ -295,18 +304,13 @@ class ExportEncoder(Callback):
 
 def run_pretrain(cfg: dict) -> Path:
     """``sarmae pretrain``: train, checkpoint every epoch, export the encoder. Returns the run folder."""
-    check_keys(cfg, config_schema(SCHEMA_CONFIG, ("size", *MAE_DEFAULTS), open_sections=("data.scaling",)))
-    for key in ("epochs", "batch_size"):
-        if key not in cfg:
-            raise ConfigError(f"config has no '{key}': add it to the YAML or pass {key}=N")
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"{key}={cfg[key]!r}: must be a whole number >= 1")
-    L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
+    cfg = pretrain_config(cfg)
+    L.seed_everything(cfg["seed"], workers=True, verbose=False)
     run_dir = prepare_run_dir(cfg, "pretrain")
     resume = resolve_resume(cfg, run_dir)
     dataset = build_pretrain_dataset(cfg)
-    batch_size = int(cfg["batch_size"])
-    workers = int(get_dotted(cfg, "data.workers", 4))
+    batch_size = cfg["batch_size"]
+    workers = cfg["data"]["workers"]
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -330,7 +334,7 @@ def run_pretrain(cfg: dict) -> Path:
             note = f"resuming {resume} after {finished} of {cfg['epochs']} epochs"
             if finished >= int(cfg["epochs"]):
                 note += f" (nothing left to train: pass epochs=N with N > {finished} to continue)"
-        elif cfg.get("resume"):
+        elif cfg["resume"]:
             note = "fresh start (resume=auto: no weights/last.ckpt yet)"
         elif (run_dir / "weights" / "last.ckpt").is_file():
             note = "fresh start, replacing the run already in this folder (resume=auto would continue it)"

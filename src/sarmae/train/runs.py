@@ -42,15 +42,15 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
 
 def run_dir_for(cfg: dict, command: str) -> Path:
     """``cfg['out']`` if given, else ``runs/<command>/<cfg['name']>``."""
-    if cfg.get("out"):
+    if cfg["out"]:
         return Path(cfg["out"])
-    return Path("runs") / command / str(cfg.get("name", command))
+    return Path("runs") / command / str(cfg["name"] or command)
 
 
 def resolve_resume(cfg: dict, run_dir: Path) -> Path | None:
     """``resume=auto`` -> ``weights/last.ckpt`` of this run if it exists (else None: a fresh start);
     ``resume=PATH`` -> PATH, which must exist."""
-    resume = cfg.get("resume")
+    resume = cfg["resume"]
     if resume in (None, False, ""):
         return None
     if resume == "auto" or resume is True:
@@ -360,6 +360,7 @@ def build_trainer(
     *,
     checkpoint: ModelCheckpoint | None = None,
     val_every: int | None = None,
+    limit_val_batches: int | float | None = None,
 ) -> L.Trainer:
     """A Lightning Trainer from the ``trainer`` config section (devices, precision, DDP, accumulation).
 
@@ -367,18 +368,18 @@ def build_trainer(
     :class:`EpochCheckpoints`; ``checkpoint`` is an extra ``ModelCheckpoint`` (e.g. ``best.ckpt``), whose own
     ``save_last`` is switched off so that only one writer owns ``last.ckpt``.
     """
-    tcfg = dict(cfg.get("trainer") or {})
-    precision = str(tcfg.get("precision", "32-true"))
+    tcfg = cfg["trainer"]
+    precision = str(tcfg["precision"])
     if precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision={precision}: use one of {', '.join(PRECISIONS)}")
-    accelerator = tcfg.get("accelerator", "auto")
+    accelerator = tcfg["accelerator"]
     if precision.startswith("16") and (accelerator == "cpu" or not torch.cuda.is_available()):
         warnings.warn("fp16 mixed precision needs a GPU; using bf16-mixed on CPU", stacklevel=2)
         precision = "bf16-mixed"
-    accumulate = int(tcfg.get("accumulate", 1))
+    accumulate = tcfg["accumulate"]
     if accumulate < 1:
         raise ConfigError(f"trainer.accumulate={accumulate}: must be >= 1 (batches per optimiser step)")
-    checkpoints: list[Callback] = [EpochCheckpoints(run_dir / "weights", int(tcfg.get("save_every", 0) or 0))]
+    checkpoints: list[Callback] = [EpochCheckpoints(run_dir / "weights", tcfg["save_every"] or 0)]
     if checkpoint is not None:
         checkpoint.save_last = False
         checkpoints.append(checkpoint)
@@ -386,22 +387,22 @@ def build_trainer(
     return L.Trainer(
         default_root_dir=run_dir,
         accelerator=accelerator,
-        devices=tcfg.get("devices", "auto"),
-        num_nodes=int(tcfg.get("num_nodes", 1)),
-        strategy=tcfg.get("strategy", "auto"),
+        devices=tcfg["devices"],
+        num_nodes=tcfg["num_nodes"],
+        strategy=tcfg["strategy"],
         precision=precision,
-        max_epochs=int(cfg["epochs"]),
+        max_epochs=cfg["epochs"],
         accumulate_grad_batches=accumulate,
-        gradient_clip_val=tcfg.get("clip_grad"),
+        gradient_clip_val=tcfg["clip_grad"],
         logger=TensorBoardLogger(save_dir=run_dir, name="tb", version="", default_hp_metric=False),
-        callbacks=[*checkpoints, RunProgressBar(refresh_rate=int(tcfg.get("progress_every", 1))), *callbacks],
+        callbacks=[*checkpoints, RunProgressBar(refresh_rate=tcfg["progress_every"]), *callbacks],
         plugins=[AtomicCheckpointIO()],
-        log_every_n_steps=int(tcfg.get("log_every", 10)),
+        log_every_n_steps=tcfg["log_every"],
         check_val_every_n_epoch=val_every or 1,
         num_sanity_val_steps=0,
         enable_model_summary=False,
-        limit_train_batches=tcfg.get("limit_train_batches"),
-        limit_val_batches=tcfg.get("limit_val_batches"),
+        limit_train_batches=tcfg["limit_train_batches"],
+        limit_val_batches=limit_val_batches,
         deterministic=False,
         use_distributed_sampler=True,
     )
