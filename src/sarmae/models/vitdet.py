@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.layers import PatchEmbed, trunc_normal_
-from timm.models.vision_transformer_sam import Block
+from timm.models.vision_transformer_sam import Attention, Block, get_rel_pos
 from torch import nn
 from torchvision.models.convnext import LayerNorm2d
 from torchvision.models.detection import FasterRCNN
@@ -66,6 +67,48 @@ ln2d = partial(LayerNorm2d, eps=1e-6)
 def default_global_blocks(depth: int) -> tuple[int, ...]:
     """The last block of each quarter: (2,5,8,11) for depth 12, (5,11,17,23) for 24, as in ViTDet."""
     return tuple(sorted({(q + 1) * depth // 4 - 1 for q in range(4)} - {-1}))
+
+
+def rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
+                 ) -> torch.Tensor:
+    """Decomposed relative-position bias (MViTv2 / ViTDet) for queries ``q`` (B, h*w, C) -> (B, h*w, h*w).
+
+    The values of timm's ``get_decomposed_rel_pos_bias`` (same einsums, then ``rel_h[.., kh] + rel_w[.., kw]``),
+    bit for bit in float32 and bf16, but the broadcast sum is written as one matrix product with a one-hot
+    key-position matrix: each output is 1 * rel_h + 1 * rel_w accumulated in float32 and rounded once, exactly
+    what the elementwise add does. A GEMM writes the (h*w)^2 result at memory speed; timm's strided broadcast
+    add (plus the copy of its permuted result) took 3-10x longer. For a 52x52 global block the bias is
+    12 x 2704^2 values, the largest tensor of the backbone.
+    """
+    h, w = size
+    batch, _, dim = q.shape
+    r_q = q.reshape(batch, h, w, dim)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, rel_pos_h))  # (B, h, w, key row)
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, rel_pos_w))  # (B, h, w, key column)
+    rel = torch.cat([rel_h, rel_w], dim=-1).reshape(batch, h * w, h + w)
+    key_row = torch.eye(h, dtype=rel.dtype, device=rel.device).repeat_interleave(w, dim=0)  # (h*w, h)
+    key_col = torch.eye(w, dtype=rel.dtype, device=rel.device).repeat(h, 1)  # (h*w, w)
+    return rel @ torch.cat([key_row, key_col], dim=1).T
+
+
+class ViTDetAttention(Attention):
+    """timm's SAM/ViTDet attention with the rel-pos bias of :func:`rel_pos_bias`, always through SDPA.
+
+    Same parameters and names as timm's ``Attention`` (instances are converted in place, so construction, RNG
+    use and state-dict keys stay timm's); only the forward differs. The bias is SDPA's additive float mask: CPU
+    and CUDA fused kernels add it to float32 scores, so the softmax never sees bf16-rounded logits.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, h, w, _ = x.shape
+        n = h * w
+        qkv = self.qkv(x.reshape(batch, n, -1)).view(batch, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, batch * self.num_heads, n, -1).unbind(0)  # (B*heads, n, head_dim) each
+        bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w)) if self.use_rel_pos else None
+        dropout = self.attn_drop.p if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+        x = x.view(batch, self.num_heads, n, -1).transpose(1, 2).reshape(batch, n, -1)
+        return self.proj_drop(self.proj(x)).view(batch, h, w, -1)
 
 
 class ViTDetBackbone(nn.Module):
@@ -118,6 +161,8 @@ class ViTDetBackbone(nn.Module):
             )
             for i in range(depth)
         )
+        for block in self.blocks:
+            block.attn.__class__ = ViTDetAttention  # same state, faster rel-pos bias
         self.init_weights()
 
     def init_weights(self) -> None:
