@@ -89,7 +89,7 @@ def detect_chips(detector: Detector, images: Sequence[np.ndarray], device: torch
     """The whole-image path, one forward pass for a batch of float32 ``(H, W, 3)`` images in [0, 1] (the detector
     resizes each to its training size and maps its boxes back). Per image, on the CPU and with score >=
     ``score_threshold``: ``(boxes (n, 4) float32 xyxy in the image's pixels, labels (n,) 1..K, scores (n,))``."""
-    model = detector.model.to(device).eval()
+    model = detector.inference_model(device)  # bf16 copy on CPUs with bf16 instructions
     outputs = model([torch.from_numpy(image).permute(2, 0, 1).to(device) for image in images])
     found = []
     for output in outputs:

@@ -45,7 +45,7 @@ from sarmae.data.io import IntensityScaling
 from sarmae.data.scene import Scene, open_scene, scene_size
 from sarmae.errors import ConfigError, DataError
 from sarmae.infer.detections import Detections
-from sarmae.infer.detector_io import load_detector, pick_device
+from sarmae.infer.detector_io import inference_model, load_detector, pick_device
 from sarmae.infer.geo import write_outputs
 
 MERGES = ("nms", "greedy")
@@ -78,9 +78,10 @@ TileDetector = Callable[[list[torch.Tensor], list[Tile]], list[dict[str, torch.T
 
 
 def model_detector(model: torch.nn.Module, device: torch.device | str) -> TileDetector:
-    """Wrap a torchvision detector: eval mode, no grad, batch moved to ``device``, outputs back on the CPU."""
+    """Wrap a torchvision detector: eval mode, no grad, batch moved to ``device``, outputs back on the CPU; on a CPU
+    with bf16 instructions the detector runs as its bf16 copy (:func:`~sarmae.infer.detector_io.inference_model`)."""
     device = torch.device(device)
-    model = model.to(device).eval()
+    model = inference_model(model, device)
 
     @torch.no_grad()
     def detect(images: list[torch.Tensor], tiles: list[Tile]) -> list[dict[str, torch.Tensor]]:

@@ -29,6 +29,7 @@ does not expose ``aligned``), box/RPN regression losses are torchvision's smooth
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 from collections import OrderedDict
@@ -359,6 +360,36 @@ def keep_boxes_float32(model: FasterRCNN) -> None:
         module.register_forward_hook(lambda _module, _inputs, output: _to_float32(output))
 
 
+def _to_bfloat16(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(torch.bfloat16) if obj.is_floating_point() else obj
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_bfloat16(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_bfloat16(v) for v in obj)
+    return obj
+
+
+def bf16_inference_copy(model: FasterRCNN) -> FasterRCNN:
+    """An eval-mode copy whose heavy layers hold bfloat16 weights and run without autocast; ``model`` is untouched.
+
+    Under autocast every call re-casts the weights, LayerNorm returns float32 that the next layer casts back, and
+    convolutions reorder NCHW inputs; here the ViT, pyramid, RPN head and box head/predictor take bf16 inputs
+    (forward pre-hooks), keep channels-last conv weights (so the pyramid's channels-first LayerNorm permutes
+    without copying) and hand float32 to everything that builds boxes (:func:`keep_boxes_float32`'s hooks:
+    anchors, proposals, RoIAlign and decoding stay float32). Call it without autocast.
+    """
+    fast = copy.deepcopy(model).eval()
+    heavy = (fast.backbone, fast.rpn.head, fast.roi_heads.box_head, fast.roi_heads.box_predictor)
+    for module in heavy:
+        module.to(torch.bfloat16)
+        module.register_forward_pre_hook(lambda _module, inputs: _to_bfloat16(inputs))
+    for module in (fast.backbone.stages, fast.rpn.head, fast.roi_heads.box_head):
+        module.to(memory_format=torch.channels_last)
+    keep_boxes_float32(fast)
+    return fast
+
+
 def set_max_dets(model: FasterRCNN, max_dets: int, configured: int) -> int:
     """COCO scores up to ``max_dets`` detections per image, so the detector must keep at least that many:
     ``roi_heads.detections_per_img`` becomes ``max(configured, max_dets)`` (``configured``: the value the
@@ -462,6 +493,7 @@ __all__ = [
     "SimpleFeaturePyramid",
     "ViTDetBackbone",
     "build_detector",
+    "bf16_inference_copy",
     "build_vitdet",
     "default_global_blocks",
     "detector_vit",
