@@ -78,10 +78,16 @@ def pretrain_speed(model_cfg: dict, batch: int, steps: int, device: torch.device
 
 def detection_speed(model_cfg: dict, batch: int, steps: int, device: torch.device, precision: str = "32",
                     train: bool = True) -> float:
-    """Images/s of ViTDet training steps (``train``) or inference at the config's input size."""
-    from sarmae.models.vitdet import build_detector
+    """Images/s of ViTDet training steps (``train``) or inference at the config's input size.
+
+    bf16 inference on a CPU with bf16 instructions measures what ``sarmae predict`` runs there: the detector's bf16
+    copy without autocast (:func:`sarmae.infer.detector_io.inference_model`), not autocast over float32 weights.
+    """
+    from sarmae.infer.detector_io import inference_model, native_bf16
+    from sarmae.models.vitdet import build_detector, keep_boxes_float32
 
     model = build_detector(model_cfg, num_classes=7).to(device)
+    keep_boxes_float32(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     images, targets = random_detection_batch(batch, int(model_cfg.get("img_size", 800)), device)
 
@@ -92,10 +98,13 @@ def detection_speed(model_cfg: dict, batch: int, steps: int, device: torch.devic
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    bf16_copy = not train and precision.startswith("bf16") and native_bf16(device)
+    infer_model = inference_model(model, device) if bf16_copy else model
+
     @torch.no_grad()
     def infer_step() -> None:
-        with _autocast(device, precision):
-            model(images)
+        with contextlib.nullcontext() if bf16_copy else _autocast(device, precision):
+            infer_model(images)
 
     model.train(train)
     return batch / _timed(train_step if train else infer_step, steps, device)
