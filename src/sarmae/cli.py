@@ -81,6 +81,17 @@ def _cmd_data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_pack(args: argparse.Namespace) -> int:
+    from sarmae.data.shards import pack_images
+
+    report = pack_images(args.sources, args.out, max_size=args.max_size, chunk_bytes=args.chunk_bytes,
+                         scaling=parse_scaling(args.scaling))
+    print(report.summary())
+    print(f"then: sarmae pretrain CONFIG data.shards={args.out}")
+    _done(args.out)
+    return 0
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from sarmae.config import load_config
     from sarmae.train.pretrain import run_pretrain
@@ -260,6 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="VOC/DOTA difficult objects: ignore (default; written with ignore=1 and iscrowd=1, so "
                       "neither training nor COCO scoring counts them), keep (ordinary boxes) or drop")
     conv.set_defaults(func=_cmd_data_convert)
+    pack = data_sub.add_parser(
+        "pack",
+        help="decode pre-training images once into LitData shards for `sarmae pretrain data.shards=OUT`",
+        description="Decode every image of SRC (folders, COCO jsons or files, in this order) once and store its "
+        "pixels as uint8 (grey stays one band; 16-bit / float images are intensity-scaled first), the longest side "
+        "capped at --max-size, in LitData shards (OUT/index.json + chunk-*.bin) that stream from a local folder or "
+        "object storage with DDP-aware sharding. Unreadable images are skipped and listed in OUT/pack_info.json.",
+    )
+    pack.add_argument("sources", nargs="+", metavar="SRC", help="image folder, COCO json or image file")
+    pack.add_argument("out", help="output folder (must not exist yet; upload it to object storage as it is)")
+    pack.add_argument("--max-size", type=int, default=512,
+                      help="cap on the stored longest side in px (default 512 = 2x the paper's 256-px input)")
+    pack.add_argument("--chunk-bytes", default="64MB", help="chunk size (default 64MB)")
+    pack.add_argument("--scaling", default=None, help="16-bit / float images: percentile | linear | db or a YAML "
+                      "mapping like '{mode: db, low: 1, high: 99}' (default percentile 2-98, as data.scaling)")
+    pack.set_defaults(func=_cmd_data_pack)
 
     for name, func, text in (
         ("pretrain", _cmd_pretrain, "MAE self-supervised pre-training of a ViT on SAR images"),

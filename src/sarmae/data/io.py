@@ -202,7 +202,7 @@ def open_8bit(path: str | Path) -> Image.Image | None:
     return img
 
 
-def read_8bit_region(img: Image.Image, box: tuple[int, int, int, int], size: int, resample: Image.Resampling
+def read_8bit_region(img: Image.Image, box: tuple[float, float, float, float], size: int, resample: Image.Resampling
                      ) -> np.ndarray:
     """Decode ``img`` (from :func:`open_8bit`) and resize its ``box`` = (top, left, height, width), in original
     pixels, to ``size`` x ``size``: uint8 ``(size, size)`` for grey, ``(size, size, 3)`` for RGB.

@@ -87,9 +87,17 @@ class MAETransform:
             out = F.horizontal_flip(out)
         return (out - self.mean) / self.std
 
-    def from_8bit(self, img: Image.Image) -> torch.Tensor:
-        """The same sample from an 8-bit image opened by :func:`~sarmae.data.io.open_8bit` (not yet decoded)."""
-        box, flip = self.draw(img.height, img.width)
+    def from_8bit(self, img: Image.Image, original_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The same sample from an 8-bit image opened by :func:`~sarmae.data.io.open_8bit` (not yet decoded).
+
+        ``original_size`` (height, width): ``img`` is a reduced copy of an image of that size (packed shards);
+        the crop is drawn in the original's pixels, as from the file, and mapped onto ``img``.
+        """
+        height, width = original_size or (img.height, img.width)
+        box, flip = self.draw(height, width)
+        if (height, width) != (img.height, img.width):
+            fy, fx = img.height / height, img.width / width
+            box = (box[0] * fy, box[1] * fx, box[2] * fy, box[3] * fx)
         resample = Image.Resampling.BILINEAR if self.crop is None else Image.Resampling.BICUBIC
         pixels = torch.from_numpy(read_8bit_region(img, box, self.size, resample))
         pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)  # grey stays one band until here

@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from sarmae.config import complete_config
 from sarmae.data.io import IntensityScaling
@@ -237,7 +238,8 @@ def check_resume(path: Path, module: MAEPretraining) -> int:
 
 
 def pretrain_sources(cfg: dict) -> list[Path]:
-    """Unlabeled image sources: ``data.images`` (folders, a list allowed) and/or a COCO json of ``data.root``."""
+    """Unlabeled image sources: ``data.images`` (folders, a list allowed) and/or a COCO json of ``data.root``;
+    an empty list when ``data.shards`` is set instead."""
     data = cfg["data"]
     sources: list[Path] = []
     images = data["images"]
@@ -245,12 +247,50 @@ def pretrain_sources(cfg: dict) -> list[Path]:
         sources += [Path(p) for p in (images if isinstance(images, list) else [images])]
     if data["root"]:
         sources.append(Path(data["root"]) / "Annotations" / f"{data['split']}.json")
-    if not sources:
-        raise ConfigError("no pre-training images: set data.images=FOLDER or data.root=SARDET100K_ROOT")
+    if data["shards"] and sources:
+        raise ConfigError("data.shards and data.images / data.root are both set: pack every source into the shards "
+                          "(sarmae data pack SRC... OUT) or leave data.shards=null")
+    if not sources and not data["shards"]:
+        raise ConfigError("no pre-training images: set data.images=FOLDER, data.root=SARDET100K_ROOT or "
+                          "data.shards=PACKED (sarmae data pack)")
     return sources
 
 
-def build_pretrain_dataset(cfg: dict) -> SkipBadSamples:
+class PretrainData(L.LightningDataModule):
+    """The pre-training batches ``(images [N, 3, S, S], skipped)``, from image files or streamed from
+    ``data.shards``. The loader is made when Lightning asks for it, once the DDP processes exist: LitData reads
+    the world size when a dataset is created, and each rank must stream its own part."""
+
+    def __init__(self, cfg: dict, dataset: Any, first_epoch: int = 0) -> None:
+        super().__init__()
+        self.cfg, self.dataset, self.first_epoch = cfg, dataset, first_epoch
+
+    def train_dataloader(self) -> DataLoader:
+        data, batch_size = self.cfg["data"], self.cfg["batch_size"]
+        if data["shards"]:
+            from sarmae.data.shards import streaming_loader
+
+            dataset = build_pretrain_dataset(self.cfg)  # this rank's view of the shards
+            return streaming_loader(dataset, batch_size, data["workers"], collate_skip_bad, self.first_epoch)
+        sampler = None
+        if self.trainer.world_size > 1:  # our own, because Lightning's always shuffles training data
+            sampler = DistributedSampler(self.dataset, num_replicas=self.trainer.world_size,
+                                         rank=self.trainer.global_rank, shuffle=data["shuffle"], seed=self.cfg["seed"])
+        return DataLoader(
+            self.dataset,
+            batch_size=batch_size,
+            shuffle=data["shuffle"] if sampler is None else None,
+            sampler=sampler,
+            num_workers=data["workers"],
+            collate_fn=collate_skip_bad,
+            drop_last=len(self.dataset) >= 2 * batch_size,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
+
+
+def build_pretrain_dataset(cfg: dict) -> Any:
+    """The images of ``data.images`` / ``data.root`` (bad ones skipped and counted), or the ``data.shards``."""
     data = cfg["data"]
     transform = mae_transforms(
         size=cfg["model"]["img_size"],
@@ -258,6 +298,10 @@ def build_pretrain_dataset(cfg: dict) -> SkipBadSamples:
         mean=tuple(data["mean"] or IMAGENET_MEAN),
         std=tuple(data["std"] or IMAGENET_STD),
     )
+    if pretrain_sources(cfg) == []:
+        from sarmae.data.shards import packed_images
+
+        return packed_images(data["shards"], transform, shuffle=data["shuffle"], seed=cfg["seed"])
     images = UnlabeledImages(
         pretrain_sources(cfg), transform=transform, scaling=IntensityScaling.from_config(data["scaling"])
     )
@@ -276,8 +320,8 @@ class ReconstructionFigures(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
-        if not trainer.is_global_zero or self.every <= 0:
-            return
+        if not trainer.is_global_zero or self.every <= 0 or not pretrain_sources(self.cfg):
+            return  # (packed shards alone hold no image files to draw)
         if epoch % self.every and epoch != trainer.max_epochs:
             return
         from sarmae.infer.reconstruct import save_reconstruction_figure
@@ -309,18 +353,6 @@ def run_pretrain(cfg: dict) -> Path:
     run_dir = prepare_run_dir(cfg, "pretrain")
     resume = resolve_resume(cfg, run_dir)
     dataset = build_pretrain_dataset(cfg)
-    batch_size = cfg["batch_size"]
-    workers = cfg["data"]["workers"]
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=workers,
-        collate_fn=collate_skip_bad,
-        drop_last=len(dataset) >= 2 * batch_size,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
-    )
     module = MAEPretraining(cfg)
     finished = check_resume(resume, module) if resume else 0
     callbacks = [
@@ -343,7 +375,7 @@ def run_pretrain(cfg: dict) -> Path:
         print(f"pre-training on {len(dataset)} images -> {run_dir}: {note}")
     error = None
     try:
-        trainer.fit(module, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
+        trainer.fit(module, datamodule=PretrainData(cfg, dataset, finished), ckpt_path=resume, weights_only=True)
     except SarmaeError as exc:
         stop_dataloader_workers(exc)
         error = one_line_error(exc)
