@@ -7,6 +7,8 @@ JPEG quality 90 and PNG, sides 224-1000 px) are written to a temp dir. For each 
   fast path: uint8 decode + resize, JPEG at reduced DCT scale), resize to 256 and random resized crop;
 * pre-training, ``float``: the general path every sample took before (``read_image`` -> float32 [3, H, W] ->
   torchvision v2 resize / crop, flip, normalise), which 16-bit / float images still take;
+* pre-training, ``packed``: the same chips packed by ``sarmae data pack`` (uint8, side capped at 512) and read
+  back from the LitData shards, as ``sarmae pretrain data.shards=...`` streams them;
 * fine-tuning: ``CocoDetection`` + ``detection_transforms(True, 800)`` (800 x 800 with boxes) as
   ``sarmae finetune`` / ``detection_loader`` build them.
 
@@ -34,6 +36,7 @@ from torchvision.transforms import v2
 
 from sarmae.data.coco import CocoDetection
 from sarmae.data.io import draft_scale, read_image
+from sarmae.data.shards import pack_images, packed_images
 from sarmae.data.synth import generate_image
 from sarmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, detection_transforms, mae_transforms
 from sarmae.data.unlabeled import UnlabeledImages
@@ -111,15 +114,18 @@ def interleaved(fns: dict[str, Callable[[int], object]], n: int, reps: int) -> d
     return {name: float(np.median(v)) for name, v in rounds.items()}
 
 
-def pretrain_rows(chips: dict, reps: int) -> list[tuple]:
+def pretrain_rows(root: Path, chips: dict, reps: int) -> list[tuple]:
     rows = []
     for (ext, mode, size), paths in chips.items():
+        shards = pack_images(paths, root / f"packed_{ext}_{mode}_{size}", max_size=512).out
         for crop in (False, True):
             transform = mae_transforms(256, random_resized_crop=crop)
             fast = UnlabeledImages(paths, transform=transform)
-            result = interleaved({"now": fast.__getitem__, "float": float_path(crop, paths)},
-                                 n=len(paths), reps=reps)
-            rows.append((ext, mode, size, "crop" if crop else "resize", result["now"], result["float"]))
+            packed = packed_images(str(shards), transform, shuffle=False)
+            result = interleaved({"now": fast.__getitem__, "float": float_path(crop, paths),
+                                  "packed": packed.__getitem__}, n=len(paths), reps=reps)
+            rows.append((ext, mode, size, "crop" if crop else "resize", result["now"], result["float"],
+                         result["packed"]))
     return rows
 
 
@@ -207,11 +213,13 @@ def main() -> None:
         root = Path(tmp)
         chips = write_chips(root / "chips", args.count)
         print(f"\npre-training samples/s per worker (256 px out; target >= {TARGET:.0f}); now = this code, "
-              "float = before (read_image + torchvision v2 on float32)")
-        print(f"{'format':<9}{'size':>6}  {'mode':<7}{'now':>8}{'float':>8}{'x':>7}  {'ms now':>7}")
-        for ext, mode, size, how, now, old in pretrain_rows(chips, args.reps):
+              "float = before (read_image + torchvision v2 on float32), packed = from LitData shards (sarmae data "
+              "pack, side capped at 512)")
+        print(f"{'format':<9}{'size':>6}  {'mode':<7}{'now':>8}{'float':>8}{'x':>7}  {'ms now':>7}{'packed':>8}")
+        for ext, mode, size, how, now, old, packed in pretrain_rows(root, chips, args.reps):
             print(f"{ext + '/' + mode:<9}{size:>6}  {how:<7}{now:>8.0f}{old:>8.0f}{now / old:>7.2f}"
-                  f"  {1e3 / now:>7.2f}{'' if now >= TARGET else '  < target'}")
+                  f"  {1e3 / now:>7.2f}{packed:>8.0f}{'' if now >= TARGET else '  now < target'}"
+                  f"{'' if packed >= TARGET else '  packed < target'}")
         print("\nfine-tuning samples/s per worker (800 x 800 with boxes, resize + flip)")
         print(f"{'format':<9}{'size':>6}{'samples/s':>11}{'ms':>8}")
         for ext, mode, size, per_s in finetune_rows(root, chips, args.reps):
