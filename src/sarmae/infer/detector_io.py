@@ -50,8 +50,9 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def inference_autocast(precision: str, device: torch.device):
-    """The training precision (``trainer.precision``) as an autocast context on a GPU; full precision on CPU
-    (bf16 is slow there) and for ``32-true``. Boxes stay float32 (:func:`sarmae.models.vitdet.keep_boxes_float32`)."""
+    """The training precision (``trainer.precision``) as an autocast context on a GPU; none on CPU, where autocast
+    re-casts every weight at every call (a bf16 CPU runs :func:`inference_model`'s bf16 copy instead) and for
+    ``32-true``. Boxes stay float32 (:func:`sarmae.models.vitdet.keep_boxes_float32`)."""
     if torch.device(device).type != "cuda":
         return nullcontext()
     if str(precision) in ("bf16-mixed", "bf16"):
