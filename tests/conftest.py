@@ -12,10 +12,14 @@ Fixtures (request them by name; do not import from this module):
   noise with every annotated box painted 255, so image/box consistency can be checked after transforms.
   ``categories`` defaults to the six SARDet-100K classes with ids 0..5.
 * ``tiny_coco``: a ready SARDet-like ``train`` split (see its docstring for the exact content).
+* ``dies_while_saving(epoch)``: a context manager; the training run inside it dies (as from SIGKILL: no clean-up)
+  while writing the checkpoint of 0-based ``epoch``: metrics.csv holds that epoch, ``weights/last.ckpt`` is the
+  previous one's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import zlib
@@ -143,3 +147,30 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class _SimulatedKill(Exception):
+    """Stands for SIGKILL: raised from inside the training loop, it ends the run with no clean-up."""
+
+
+@pytest.fixture
+def dies_while_saving(monkeypatch):
+    from sarmae.train import runs
+
+    @contextlib.contextmanager
+    def dying(epoch: int):
+        save = runs.EpochCheckpoints.on_train_epoch_end
+
+        def dying_save(self, trainer, pl_module):
+            if trainer.current_epoch == epoch:
+                raise _SimulatedKill
+            save(self, trainer, pl_module)
+
+        monkeypatch.setattr(runs.EpochCheckpoints, "on_train_epoch_end", dying_save)
+        try:
+            with pytest.raises(_SimulatedKill):
+                yield
+        finally:
+            monkeypatch.undo()
+
+    return dying

@@ -24,7 +24,6 @@ from sarmae.cli import main
 from sarmae.config import load_config
 from sarmae.data.synth import write_dataset
 from sarmae.models.mae import build_mae
-from sarmae.train import runs
 from sarmae.train.pretrain import no_decay, param_groups, peak_lr, run_pretrain, warmup_cosine
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # tiny models: see conftest
@@ -43,10 +42,6 @@ TINY = [
     "figure.every=0",
 ]
 N_IMAGES = 32  # 4 optimiser steps per epoch at batch 8
-
-
-class SimulatedKill(Exception):
-    """Stands for SIGKILL: raised from inside the training loop, it ends the run with no clean-up."""
 
 
 
@@ -136,23 +131,14 @@ def test_tiny_pretraining_lowers_loss_and_fills_the_run_folder(unlabeled, tmp_pa
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_killed_run_resumes_on_the_same_curve(unlabeled, tmp_path, monkeypatch, workers):
+def test_killed_run_resumes_on_the_same_curve(unlabeled, tmp_path, dies_while_saving, workers):
     common = ("epochs=2", f"data.workers={workers}", "data.random_resized_crop=true")
     a = pretrain(unlabeled, tmp_path / "A", *common)
 
     # B dies while writing the checkpoint of its last epoch: metrics.csv already holds that epoch's rows,
     # weights/last.ckpt is still the one of the first epoch.
-    save = runs.EpochCheckpoints.on_train_epoch_end
-
-    def dying_save(self, trainer, pl_module):
-        if trainer.current_epoch == 1:
-            raise SimulatedKill
-        save(self, trainer, pl_module)
-
-    monkeypatch.setattr(runs.EpochCheckpoints, "on_train_epoch_end", dying_save)
-    with pytest.raises(SimulatedKill):
+    with dies_while_saving(1):
         pretrain(unlabeled, tmp_path / "B", *common)
-    monkeypatch.undo()
     b = tmp_path / "B"
     assert len(read_rows(b)) == 8 and load_ckpt(b / "weights" / "last.ckpt")["global_step"] == 4
 

@@ -88,10 +88,6 @@ def test_pack_skips_bad_images_and_refuses_to_overwrite(chips, tmp_path, capsys)
     assert "no index.json there" in capsys.readouterr().err
 
 
-class SimulatedKill(Exception):
-    """Stands for SIGKILL while the checkpoint of an epoch is written: no clean-up runs."""
-
-
 def _pretrain_two_ranks(tmp_path: Path, name: str, *data: str) -> list[str]:
     run_dir = tmp_path / name
     cmd = [sys.executable, "-m", "sarmae.cli", "pretrain", "mae_tiny", *TINY, "batch_size=4", "epochs=1",
@@ -116,11 +112,10 @@ def test_two_ranks_from_shards_follow_the_folder_run_loss_for_loss(chips, tmp_pa
     assert [",".join(row.split(",")[:4]) for row in streamed] == cut
 
 
-def test_killed_run_from_shards_resumes_on_the_same_curve(chips, tmp_path, monkeypatch):
+def test_killed_run_from_shards_resumes_on_the_same_curve(chips, tmp_path, dies_while_saving):
     """Shuffled shards, 3 epochs: a run killed while saving epoch 2 and resumed (resume=auto from epoch 1's
     checkpoint, with LitData's loader state in it) ends on the same loss curve as the run that was not killed."""
     from sarmae.config import load_config
-    from sarmae.train import runs
     from sarmae.train.pretrain import run_pretrain
 
     shards = pack_images([chips], tmp_path / "shards", max_size=512).out
@@ -132,17 +127,8 @@ def test_killed_run_from_shards_resumes_on_the_same_curve(chips, tmp_path, monke
         return [",".join(r.split(",")[:4]) for r in (out / "metrics.csv").read_text().splitlines()]
 
     straight = run(tmp_path / "straight")
-    save = runs.EpochCheckpoints.on_train_epoch_end
-
-    def dying_save(self, trainer, pl_module):
-        if trainer.current_epoch == 1:
-            raise SimulatedKill
-        save(self, trainer, pl_module)
-
-    monkeypatch.setattr(runs.EpochCheckpoints, "on_train_epoch_end", dying_save)
-    with pytest.raises(SimulatedKill):
+    with dies_while_saving(1):
         run(tmp_path / "killed")
-    monkeypatch.undo()
     resumed = run(tmp_path / "killed", "resume=auto")
     assert len(straight) == 1 + 12 and resumed == straight
     assert len(set(straight[1:5]) & set(straight[5:9])) == 0  # the epochs differ (a replayed epoch would not)
