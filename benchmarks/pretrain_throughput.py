@@ -5,7 +5,7 @@ AdamW step, exactly what ``sarmae pretrain`` runs per batch (data loading exclud
 every row N times in turn and prints the medians, so rows compare fairly on a machine shared with other jobs.
 
     python benchmarks/pretrain_throughput.py                    # both configs, fp32 and bf16
-    python benchmarks/pretrain_throughput.py --configs mae_vitb16_sardet100k --precisions bf16 --fused-adamw
+    python benchmarks/pretrain_throughput.py --configs mae_vitb16_sardet100k --precisions bf16 --unfused-adamw
     python benchmarks/pretrain_throughput.py --configs mae_vitb16_sardet100k --batch 256 --steps 20
 """
 
@@ -28,7 +28,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1, help="measure each row this many times, print medians")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (trainer.compile)")
-    parser.add_argument("--fused-adamw", action="store_true", help="torch.optim.AdamW(fused=True)")
+    parser.add_argument("--unfused-adamw", dest="fused_adamw", action="store_false",
+                        help="torch.optim.AdamW's default for-each kernels instead of the fused one training uses")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"

@@ -36,6 +36,7 @@ from sarmae.models.vitdet import (
 from sarmae.train.runs import (
     CsvMetrics,
     SavesRngState,
+    adamw,
     build_trainer,
     one_line_error,
     prepare_run_dir,
@@ -203,7 +204,7 @@ class ViTDetFinetuning(SavesRngState, L.LightningModule):
         ocfg = self.cfg["optim"]
         lr = ocfg["lr"]
         groups = param_groups(self.model, lr, ocfg["weight_decay"], ocfg["layer_decay"])
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(ocfg["betas"]))
+        optimizer = adamw(groups, lr, ocfg["betas"], self.cfg)
         per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // self.cfg["epochs"])
         milestones = [int(m) * per_epoch for m in ocfg["milestones"]]
         warmup, gamma = ocfg["warmup_iters"], ocfg["gamma"]

@@ -27,6 +27,7 @@ from sarmae.models.mae import MAE_DEFAULTS, MaskedAutoencoder, build_mae
 from sarmae.train.runs import (
     CsvMetrics,
     SavesRngState,
+    adamw,
     build_trainer,
     one_line_error,
     prepare_run_dir,
@@ -169,11 +170,7 @@ class MAEPretraining(SavesRngState, L.LightningModule):
         batch = self.cfg["batch_size"] * self.trainer.accumulate_grad_batches * self.trainer.world_size
         lr = peak_lr(ocfg, batch)
         self.peak_lr, self.effective_batch = lr, batch
-        optimizer = torch.optim.AdamW(
-            param_groups(self.model, ocfg["weight_decay"]),
-            lr=lr,
-            betas=tuple(float(b) for b in ocfg["betas"]),
-        )
+        optimizer = adamw(param_groups(self.model, ocfg["weight_decay"]), lr, ocfg["betas"], self.cfg)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(round(total * ocfg["warmup_epochs"] / self.cfg["epochs"]))
         min_lr = ocfg["min_lr"]

@@ -40,6 +40,15 @@ from sarmae.models.checkpoints import open_checkpoint
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
 
 
+def adamw(groups: list[dict], lr: float, betas: tuple[float, float], cfg: dict) -> torch.optim.AdamW:
+    """AdamW as both commands train with it: fused (one kernel over all tensors; the MAE ViT-B step on a 2-core
+    CPU goes 6.05 -> 6.80 img/s with it alone, docs/profile.md), except for fp16 with gradient clipping, where
+    Lightning must unscale the gradients itself and refuses an optimiser that unscales them internally."""
+    tcfg = cfg["trainer"]
+    fused = not (str(tcfg["precision"]).startswith("16") and tcfg["clip_grad"])
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(float(b) for b in betas), fused=fused)
+
+
 def run_dir_for(cfg: dict, command: str) -> Path:
     """``cfg['out']`` if given, else ``runs/<command>/<cfg['name']>``."""
     if cfg["out"]:
