@@ -50,10 +50,10 @@ class StageTimer:
         return times
 
 
-def measure(config: str, precision: str, batch: int, steps: int, device: torch.device) -> dict:
+def measure(config: str, precision: str, batch: int, steps: int, device: torch.device, train: bool = True) -> dict:
     model_cfg = load_config(config)["model"]
     size = int(model_cfg.get("img_size", 800))
-    train = detection_speed(model_cfg, batch, steps, device, precision, train=True)
+    train = detection_speed(model_cfg, batch, steps, device, precision, train=True) if train else float("nan")
     infer = detection_speed(model_cfg, batch, steps, device, precision, train=False)
     model = build_detector(model_cfg, num_classes=7).to(device).eval()
     images, _ = random_detection_batch(batch, size, device)
@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--batch", type=int, default=None, help="default: 1 on CPU, the config's batch on GPU")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--inference-only", action="store_true", help="skip training steps (a minute per ViT-B "
+                        "image on a small CPU)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
@@ -83,7 +85,7 @@ def main() -> None:
     for config in args.configs:
         batch = args.batch or (int(load_config(config)["batch_size"]) if device.type == "cuda" else 1)
         for precision in args.precisions:
-            r = measure(config, precision, batch, args.steps, device)
+            r = measure(config, precision, batch, args.steps, device, train=not args.inference_only)
             split = ", ".join(f"{k} {v:.0%}" for k, v in r["split"].items())
             print(f"{config:<22} {r['size']:>5} {precision:<5} {batch:>5} {r['train']:>12.2f} {r['infer']:>12.2f}  "
                   f"{split}", flush=True)
