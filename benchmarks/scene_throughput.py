@@ -14,7 +14,6 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import rasterio
@@ -25,8 +24,8 @@ from rasterio.windows import Window
 from sarmae.config import load_config
 from sarmae.data.coco import SARDET_CLASSES
 from sarmae.data.synth import generate_image
+from sarmae.infer.detector_io import Detector
 from sarmae.infer.sliced import predict_scene
-from sarmae.models.vitdet import build_detector
 
 
 def write_scene(path: Path, size: int, chip: int = 512, seed: int = 0) -> Path:
@@ -44,14 +43,10 @@ def write_scene(path: Path, size: int, chip: int = 512, seed: int = 0) -> Path:
     return path
 
 
-def detector_module(config: str) -> SimpleNamespace:
-    """What ``predict_scene`` needs from a loaded checkpoint: model, cfg, classes, label_to_cat_id."""
-    cfg = load_config(config)
+def detector_module(config: str) -> Detector:
+    """An untrained detector of ``config`` as a checkpoint would load it (its training precision included)."""
     names = list(SARDET_CLASSES)
-    model = build_detector(cfg["model"], num_classes=len(names) + 1)
-    label_to_cat_id = {k + 1: k for k in range(len(names))}
-    return SimpleNamespace(model=model, cfg=cfg, classes={"names": names, "label_to_cat_id": label_to_cat_id},
-                           label_to_cat_id=label_to_cat_id)
+    return Detector.build(load_config(config), {"names": names, "label_to_cat_id": {k + 1: k for k in range(6)}})
 
 
 def main() -> None:
@@ -76,7 +71,7 @@ def main() -> None:
             module = detector_module(config)
             tile = int(module.cfg["model"].get("img_size", 800))
             with torch.no_grad():  # warm-up (kernels, allocator) outside the timed run
-                module.model.to(device).eval()([torch.rand(3, tile, tile, device=device)])
+                module.inference_model(device)([torch.rand(3, tile, tile, device=device)])
             s = predict_scene(module, scene, Path(tmp) / config, overlap=args.overlap, merge=args.merge,
                               batch_size=batch, score_threshold=args.score, device=device, progress=False)
             rows.append((config, tile, s))

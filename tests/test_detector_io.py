@@ -108,3 +108,31 @@ def test_one_coco_record_rule(tmp_path):
     dets = Detections(np.array([box]), np.array([score], np.float64), np.array([1]))
     (written,) = json.loads(write_coco(tmp_path / "d.json", dets, "s.tif", ["ship"], {1: 4}).read_text())
     assert written == {**record, "image_id": 0, "file_name": "s.tif", "category_name": "ship"}
+
+
+def test_bf16_copy_follows_the_training_precision_and_leaves_the_model_alone(monkeypatch, one_cpu_thread):
+    """On a CPU with bf16 instructions a bf16-trained detector runs as a bf16 copy (float32 boxes, the same
+    detections up to bf16 rounding); a float32-trained one stays float32, so its outputs do not depend on the CPU."""
+    from sarmae.infer import detector_io
+
+    monkeypatch.setattr(detector_io, "native_bf16", lambda device: True)  # as on this project's CPU
+    torch.manual_seed(3)
+    fp32 = Detector.build(CFG, CLASSES).eval()
+    assert fp32.inference_model("cpu") is fp32.model
+    bf16 = Detector.build({**CFG, "trainer": {"precision": "bf16-mixed"}}, CLASSES).eval()
+    bf16.model.load_state_dict(fp32.model.state_dict())
+    copy = bf16.inference_model("cpu")
+    assert copy is not bf16.model and copy is bf16.inference_model("cpu")  # made once per device
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # the loaded model is untouched
+    assert next(copy.backbone.parameters()).dtype == torch.bfloat16
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref, out = fp32.model([image])[0], copy([image])[0]
+        feats_ref = fp32.model.backbone(image[None])
+        feats_out = copy.backbone(image[None])
+    assert out["boxes"].dtype == torch.float32 and out["scores"].dtype == torch.float32
+    for key in feats_ref:
+        rel = (feats_out[key].float() - feats_ref[key]).norm() / feats_ref[key].norm()
+        assert rel < 0.05, (key, float(rel))  # bf16 rounding, not another computation
+    top = min(5, len(ref["scores"]), len(out["scores"]))
+    assert top > 0 and torch.allclose(out["scores"][:top], ref["scores"][:top], atol=0.05)

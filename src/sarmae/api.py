@@ -279,7 +279,7 @@ class Detector(detector_io.Detector):
             if sliced == "always" or (sliced == "auto" and self._is_large(item, tile)):
                 run_batch()
                 with _open(item, scaling) as scene:
-                    dets, stats = sliced_detect(scene, model_detector(self.model, self.device), tile, overlap, merge,
+                    dets, stats = sliced_detect(scene, model_detector(self, self.device), tile, overlap, merge,
                                                 merge_iou, "iou", full_image_pass, batch_size, score_threshold,
                                                 progress)
                     results.append(self._result(item.name, dets.boxes, dets.scores, dets.labels, scene.width,

@@ -224,7 +224,7 @@ def read_8bit_region(img: Image.Image, box: tuple[float, float, float, float], s
         region = (left / scale, top / scale, (left + width) / scale, (top + height) / scale)
         return np.array(img.resize((size, size), resample, box=region))  # writable, for torch
     except Exception as exc:
-        raise _decode_error(Path(img.filename), exc) from None
+        raise _decode_error(Path(getattr(img, "filename", "") or "<packed image>"), exc) from None
 
 
 def draft_scale(height: int, width: int, size: int) -> int:

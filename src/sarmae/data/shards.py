@@ -95,7 +95,7 @@ def pack_images(
     if max_size < 16:
         raise DataError(f"max_size={max_size}: must be >= 16 px (2x the pre-training input size is a good choice)")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: already exists and is not empty; remove it or pack into another folder")
     paths = UnlabeledImages(sources).paths
     partial = out.with_name(out.name + ".partial")
@@ -138,7 +138,11 @@ def packed_dataset_class() -> type:
             local = Path(shards)
             if "://" not in shards and not (local / "index.json").is_file():
                 raise DataError(f"data.shards={shards}: no index.json there; make shards with `sarmae data pack`")
-            super().__init__(shards, shuffle=shuffle, seed=seed, **kwargs)
+            try:
+                super().__init__(shards, shuffle=shuffle, seed=seed, **kwargs)
+            except Exception as exc:  # LitData: a missing cloud extra, credentials, a damaged index.json...
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise DataError(f"data.shards={shards}: cannot open the shards ({reason})") from None
             self.mae_transform = transform
 
         def __getitem__(self, index: Any) -> torch.Tensor:
@@ -164,7 +168,7 @@ def streaming_loader(dataset: Any, batch_size: int, workers: int, collate_fn: An
     from litdata import StreamingDataLoader
 
     loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_fn,
-                                 pin_memory=torch.cuda.is_available())
+                                 pin_memory=torch.cuda.is_available(), drop_last=len(dataset) >= 2 * batch_size)
     loader.current_epoch = first_epoch  # each pass adds one first: epoch e streams as LitData's epoch e + 1
     return loader
 

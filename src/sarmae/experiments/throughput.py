@@ -99,7 +99,7 @@ def detection_speed(model_cfg: dict, batch: int, steps: int, device: torch.devic
         optimizer.zero_grad(set_to_none=True)
 
     bf16_copy = not train and precision.startswith("bf16") and native_bf16(device)
-    infer_model = inference_model(model, device) if bf16_copy else model
+    infer_model = inference_model(model, device, precision) if bf16_copy else model
 
     @torch.no_grad()
     def infer_step() -> None:

@@ -70,12 +70,16 @@ def native_bf16(device: torch.device | str) -> bool:
     )
 
 
-def inference_model(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
-    """``model`` in eval mode on ``device``, or, for a ViTDet on a :func:`native_bf16` CPU, its bf16 copy
-    (:func:`sarmae.models.vitdet.bf16_inference_copy`: boxes stay float32, ``model`` itself is untouched)."""
+def inference_model(model: torch.nn.Module, device: torch.device | str, precision: str = "32-true"
+                    ) -> torch.nn.Module:
+    """``model`` in eval mode on ``device``, or, for a ViTDet trained in bf16 (``precision``, the run's
+    ``trainer.precision``) on a :func:`native_bf16` CPU, its bf16 copy (:func:`sarmae.models.vitdet.
+    bf16_inference_copy`: boxes stay float32, ``model`` itself is untouched). A float32-trained detector stays
+    float32, so its outputs do not depend on the CPU it runs on."""
     model = model.to(device).eval()
     vitdet = isinstance(getattr(model, "backbone", None), SimpleFeaturePyramid)
-    return bf16_inference_copy(model) if vitdet and native_bf16(device) else model
+    bf16 = vitdet and str(precision).startswith("bf16") and native_bf16(device)
+    return bf16_inference_copy(model) if bf16 else model
 
 
 @dataclass
@@ -101,7 +105,8 @@ class Detector:
         ViT-B); a copy reflects the weights at its first use."""
         key = str(torch.device(device))
         if key not in self._inference:
-            self._inference[key] = inference_model(self.model, device)
+            precision = (self.cfg.get("trainer") or {}).get("precision", "32-true")
+            self._inference[key] = inference_model(self.model, device, precision)
         return self._inference[key]
 
     @classmethod

@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +44,7 @@ from sarmae.data.io import IntensityScaling
 from sarmae.data.scene import Scene, open_scene, scene_size
 from sarmae.errors import ConfigError, DataError
 from sarmae.infer.detections import Detections
-from sarmae.infer.detector_io import inference_model, load_detector, pick_device
+from sarmae.infer.detector_io import Detector, load_detector, pick_device
 from sarmae.infer.geo import write_outputs
 
 MERGES = ("nms", "greedy")
@@ -77,11 +76,12 @@ class Tile:
 TileDetector = Callable[[list[torch.Tensor], list[Tile]], list[dict[str, torch.Tensor]]]
 
 
-def model_detector(model: torch.nn.Module, device: torch.device | str) -> TileDetector:
-    """Wrap a torchvision detector: eval mode, no grad, batch moved to ``device``, outputs back on the CPU; on a CPU
-    with bf16 instructions the detector runs as its bf16 copy (:func:`~sarmae.infer.detector_io.inference_model`)."""
+def model_detector(detector: Detector, device: torch.device | str) -> TileDetector:
+    """Wrap a loaded detector: its inference model for ``device`` (made once per device and detector; a bf16 copy
+    on a CPU with bf16 instructions, see :meth:`~sarmae.infer.detector_io.Detector.inference_model`), no grad,
+    batch moved to ``device``, outputs back on the CPU."""
     device = torch.device(device)
-    model = inference_model(model, device)
+    model = detector.inference_model(device)
 
     @torch.no_grad()
     def detect(images: list[torch.Tensor], tiles: list[Tile]) -> list[dict[str, torch.Tensor]]:
@@ -470,7 +470,7 @@ def is_large(path: str | Path, tile_size: int) -> bool:
 
 
 def predict_scene(
-    module: Any,
+    module: Detector | str | Path,
     path: str | Path,
     out_dir: str | Path,
     tile_size: int | None = None,
@@ -488,8 +488,8 @@ def predict_scene(
 ) -> dict:
     """Detect objects on a large scene and write COCO JSON, CSV, GeoJSON and a preview PNG into ``out_dir``.
 
-    ``module``: a loaded detector (:func:`sarmae.infer.detector_io.load_detector`; anything with ``model``,
-    ``cfg``, ``classes`` and ``label_to_cat_id``) or a checkpoint path.
+    ``module``: a loaded :class:`~sarmae.infer.detector_io.Detector` (:func:`~sarmae.infer.detector_io.load_detector`,
+    ``Detector.build``) or a checkpoint path.
     ``scaling`` defaults to the checkpoint's ``data.scaling``; ``tile_size`` to ``model.img_size``. Returns
     a summary dict (scene size, tiles, detections per class, timing, scaling bounds, output paths), also
     written to ``STEM.summary.json``.
@@ -504,7 +504,7 @@ def predict_scene(
     dev = pick_device(device) if isinstance(device, str) else device
     names = list(module.classes["names"])
     with open_scene(path, scaling) as scene:
-        dets, stats = sliced_detect(scene, model_detector(module.model, dev), tile_size, overlap, merge, iou,
+        dets, stats = sliced_detect(scene, model_detector(module, dev), tile_size, overlap, merge, iou,
                                     merge_metric, full_image_pass, batch_size, score_threshold, progress)
         outputs = write_outputs(scene, dets, Path(out_dir), names, module.label_to_cat_id, preview_side)
         per_class = {name: int((dets.labels == k + 1).sum()) for k, name in enumerate(names)}

@@ -370,6 +370,10 @@ def run_pretrain(cfg: dict) -> Path:
         else:
             note = "fresh start"
         print(f"pre-training on {len(dataset)} images -> {run_dir}: {note}")
+        if cfg["data"]["shards"]:
+            print(f"streaming {cfg['data']['shards']}: pixels as packed (data.scaling was applied by `sarmae data "
+                  "pack`); no reconstruction figures during training (they read image files; draw them afterwards "
+                  "with `sarmae reconstruct RUN/weights/last.ckpt IMAGES`)")
     error = None
     try:
         trainer.fit(module, datamodule=PretrainData(cfg, dataset, finished), ckpt_path=resume, weights_only=True)
