@@ -339,13 +339,14 @@ def detector_vit(model: FasterRCNN) -> ViTDetBackbone:
     return model.backbone.vit
 
 
-def _to_float32(obj: Any) -> Any:
+def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
+    """Every floating-point tensor in ``obj`` (a tensor, or dicts / lists / tuples of them) as ``dtype``."""
     if isinstance(obj, torch.Tensor):
-        return obj.float() if obj.is_floating_point() else obj
+        return obj.to(dtype) if obj.is_floating_point() else obj
     if isinstance(obj, dict):
-        return type(obj)((k, _to_float32(v)) for k, v in obj.items())
+        return type(obj)((k, _cast_floats(v, dtype)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_float32(v) for v in obj)
+        return type(obj)(_cast_floats(v, dtype) for v in obj)
     return obj
 
 
@@ -357,17 +358,7 @@ def keep_boxes_float32(model: FasterRCNN) -> None:
     cast the pyramid, RPN head and box predictor outputs back to float32 (state-dict keys are unchanged).
     """
     for module in (model.backbone, model.rpn.head, model.roi_heads.box_predictor):
-        module.register_forward_hook(lambda _module, _inputs, output: _to_float32(output))
-
-
-def _to_bfloat16(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(torch.bfloat16) if obj.is_floating_point() else obj
-    if isinstance(obj, dict):
-        return type(obj)((k, _to_bfloat16(v)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_bfloat16(v) for v in obj)
-    return obj
+        module.register_forward_hook(lambda _module, _inputs, output: _cast_floats(output, torch.float32))
 
 
 def bf16_inference_copy(model: FasterRCNN) -> FasterRCNN:
@@ -383,7 +374,7 @@ def bf16_inference_copy(model: FasterRCNN) -> FasterRCNN:
     heavy = (fast.backbone, fast.rpn.head, fast.roi_heads.box_head, fast.roi_heads.box_predictor)
     for module in heavy:
         module.to(torch.bfloat16)
-        module.register_forward_pre_hook(lambda _module, inputs: _to_bfloat16(inputs))
+        module.register_forward_pre_hook(lambda _module, inputs: _cast_floats(inputs, torch.bfloat16))
     for module in (fast.backbone.stages, fast.rpn.head, fast.roi_heads.box_head):
         module.to(memory_format=torch.channels_last)
     keep_boxes_float32(fast)
