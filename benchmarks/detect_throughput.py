@@ -16,7 +16,8 @@ import torch
 
 from sarmae.config import load_config
 from sarmae.experiments.throughput import detection_speed, random_detection_batch
-from sarmae.models.vitdet import build_detector
+from sarmae.infer.detector_io import inference_model, native_bf16
+from sarmae.models.vitdet import build_detector, keep_boxes_float32
 
 
 def sync(device: torch.device) -> None:
@@ -55,9 +56,13 @@ def measure(config: str, precision: str, batch: int, steps: int, device: torch.d
     size = int(model_cfg.get("img_size", 800))
     train = detection_speed(model_cfg, batch, steps, device, precision, train=True) if train else float("nan")
     infer = detection_speed(model_cfg, batch, steps, device, precision, train=False)
-    model = build_detector(model_cfg, num_classes=7).to(device).eval()
+    model = build_detector(model_cfg, num_classes=7)
+    keep_boxes_float32(model)
+    copy = precision == "bf16" and native_bf16(device)  # the split of the model the infer column timed
+    model = inference_model(model, device, "bf16-mixed") if copy else model.to(device).eval()
     images, _ = random_detection_batch(batch, size, device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" and not copy \
+        else contextlib.nullcontext()
     with torch.no_grad(), amp:
         model(images)
         timer = StageTimer(model, device)

@@ -21,7 +21,6 @@ random crops are drawn in the original's pixels exactly like the folder loader's
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from litdata import StreamingDataLoader, StreamingDataset
+from litdata.streaming.writer import BinaryWriter
 from PIL import Image
 
 from sarmae.data.io import IntensityScaling, open_8bit, read_image
@@ -37,7 +38,6 @@ from sarmae.data.transforms import MAETransform
 from sarmae.data.unlabeled import UnlabeledImages
 from sarmae.errors import DataError
 
-log = logging.getLogger(__name__)
 PACK_INFO = "pack_info.json"  # written beside LitData's index.json: what was packed, from where, what was skipped
 
 
@@ -90,8 +90,6 @@ def pack_images(
 
     The result streams with :class:`PackedImages`. ``out`` must not exist yet (nothing a user made is replaced).
     """
-    from litdata.streaming.writer import BinaryWriter
-
     if max_size < 16:
         raise DataError(f"max_size={max_size}: must be >= 16 px (2x the pre-training input size is a good choice)")
     out = Path(out)
@@ -126,36 +124,28 @@ def pack_images(
     return report
 
 
-def packed_dataset_class() -> type:
-    """:class:`PackedImages`, defined on first use so that importing sarmae does not import LitData."""
-    from litdata import StreamingDataset
+class PackedImages(StreamingDataset):
+    """Streams packed images; item -> ``transform`` output (an :class:`MAETransform`: ``[3, size, size]``)."""
 
-    class PackedImages(StreamingDataset):
-        """Streams packed images; item -> ``transform`` output (an :class:`MAETransform`: ``[3, size, size]``)."""
+    def __init__(self, shards: str, transform: MAETransform, shuffle: bool = True, seed: int = 0) -> None:
+        if "://" not in shards and not (Path(shards) / "index.json").is_file():
+            raise DataError(f"data.shards={shards}: no index.json there; make shards with `sarmae data pack`")
+        try:
+            super().__init__(shards, shuffle=shuffle, seed=seed)
+        except Exception as exc:  # LitData: a missing cloud extra, credentials, a damaged index.json...
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise DataError(f"data.shards={shards}: cannot open the shards ({reason})") from None
+        self.mae_transform = transform  # (LitData's StreamingDataset has a ``transform`` of its own)
 
-        def __init__(self, shards: str, transform: MAETransform, shuffle: bool = True, seed: int = 0,
-                     **kwargs: Any) -> None:
-            local = Path(shards)
-            if "://" not in shards and not (local / "index.json").is_file():
-                raise DataError(f"data.shards={shards}: no index.json there; make shards with `sarmae data pack`")
-            try:
-                super().__init__(shards, shuffle=shuffle, seed=seed, **kwargs)
-            except Exception as exc:  # LitData: a missing cloud extra, credentials, a damaged index.json...
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise DataError(f"data.shards={shards}: cannot open the shards ({reason})") from None
-            self.mae_transform = transform
-
-        def __getitem__(self, index: Any) -> torch.Tensor:
-            item = super().__getitem__(index)
-            img = Image.fromarray(np.ascontiguousarray(item["image"]))
-            return self.mae_transform.from_8bit(img, original_size=(int(item["height"]), int(item["width"])))
-
-    return PackedImages
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        item = super().__getitem__(index)
+        img = Image.fromarray(np.ascontiguousarray(item["image"]))
+        return self.mae_transform.from_8bit(img, original_size=(int(item["height"]), int(item["width"])))
 
 
 def packed_images(shards: str, transform: MAETransform, shuffle: bool = True, seed: int = 0) -> Any:
     """A LitData ``StreamingDataset`` of the shards at ``shards`` (folder or object-storage URL)."""
-    return packed_dataset_class()(str(shards), transform, shuffle=shuffle, seed=seed)
+    return PackedImages(str(shards), transform, shuffle=shuffle, seed=seed)
 
 
 def streaming_loader(dataset: Any, batch_size: int, workers: int, collate_fn: Any, first_epoch: int = 0) -> Any:
@@ -165,12 +155,11 @@ def streaming_loader(dataset: Any, batch_size: int, workers: int, collate_fn: An
     restore from sarmae's checkpoints (written at epoch ends, where nothing of an epoch is left to resume). The
     counter is set here instead, so a resumed run streams each epoch in the order an uninterrupted run used.
     """
-    from litdata import StreamingDataLoader
-
     loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_fn,
                                  pin_memory=torch.cuda.is_available(), drop_last=len(dataset) >= 2 * batch_size)
     loader.current_epoch = first_epoch  # each pass adds one first: epoch e streams as LitData's epoch e + 1
     return loader
 
 
-__all__ = ["PACK_INFO", "PackReport", "pack_images", "packed_images", "stored_pixels", "streaming_loader"]
+__all__ = ["PACK_INFO", "PackReport", "PackedImages", "pack_images", "packed_images", "stored_pixels",
+           "streaming_loader"]

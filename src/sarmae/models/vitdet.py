@@ -355,8 +355,12 @@ def keep_boxes_float32(model: FasterRCNN) -> None:
 
     torchvision builds anchors in the dtype of the feature maps and decodes boxes in the dtype of the regression
     output; bf16 keeps 8 mantissa bits, i.e. 4-px steps at 800 px, which erases small SAR objects. Forward hooks
-    cast the pyramid, RPN head and box predictor outputs back to float32 (state-dict keys are unchanged).
+    cast the pyramid, RPN head and box predictor outputs back to float32 (state-dict keys are unchanged). Applied
+    once per model (a copy of a model that has the hooks keeps them).
     """
+    if getattr(model, "boxes_float32", False):
+        return
+    model.boxes_float32 = True
     for module in (model.backbone, model.rpn.head, model.roi_heads.box_predictor):
         module.register_forward_hook(lambda _module, _inputs, output: _cast_floats(output, torch.float32))
 
