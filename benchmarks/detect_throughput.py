@@ -18,6 +18,7 @@ from sarmae.config import load_config
 from sarmae.experiments.throughput import detection_speed, random_detection_batch
 from sarmae.infer.detector_io import inference_model, native_bf16
 from sarmae.models.vitdet import build_detector, keep_boxes_float32
+from sarmae.precision import benchmark_precisions
 
 
 def sync(device: torch.device) -> None:
@@ -76,13 +77,15 @@ def measure(config: str, precision: str, batch: int, steps: int, device: torch.d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["vitdet_b_sardet100k", "vitdet_tiny"])
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "bf16"],
+                        help="default: fp32, and bf16 where trainer.precision=auto trains in bf16 (native bf16)")
     parser.add_argument("--batch", type=int, default=None, help="default: 1 on CPU, the config's batch on GPU")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--inference-only", action="store_true", help="skip training steps (a minute per ViT-B "
                         "image on a small CPU)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.precisions = args.precisions or benchmark_precisions(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}, torch {torch.__version__}")
     print(f"{'config':<22} {'size':>5} {'prec':<5} {'batch':>5} {'train img/s':>12} {'infer img/s':>12}  "

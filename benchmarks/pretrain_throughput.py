@@ -18,12 +18,14 @@ import torch
 
 from sarmae.config import load_config
 from sarmae.experiments.throughput import pretrain_speed
+from sarmae.precision import benchmark_precisions
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["mae_vitb16_sardet100k", "mae_tiny"])
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "bf16"],
+                        help="default: fp32, and bf16 where trainer.precision=auto trains in bf16 (native bf16)")
     parser.add_argument("--batch", type=int, default=None, help="default: 8 on CPU, the config's batch on GPU")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1, help="measure each row this many times, print medians")
@@ -32,6 +34,7 @@ def main() -> None:
                         help="torch.optim.AdamW's default for-each kernels instead of the fused one training uses")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.precisions = args.precisions or benchmark_precisions(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}, torch {torch.__version__}, compile={args.compile}, fused AdamW={args.fused_adamw}")
     rows = []

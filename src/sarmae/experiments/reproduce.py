@@ -18,6 +18,7 @@ from sarmae.data.coco import load_coco_json
 from sarmae.errors import ConfigError
 from sarmae.experiments.table import Row, row_marker, run_pretrain_step, run_row, write_table
 from sarmae.experiments.throughput import detection_speed, pretrain_speed
+from sarmae.precision import resolve_precision
 
 PRETRAIN_CONFIG = "mae_vitb16_sardet100k"
 FINETUNE_CONFIG = "vitdet_b_sardet100k"
@@ -40,7 +41,7 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 def estimate_hours(cfg: dict, n_images: int, kind: str, gpus: int, steps: int) -> tuple[float, float]:
     """(measured images/s on one device, estimated hours on ``gpus`` devices) for ``cfg``'s whole schedule."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = str(cfg["trainer"]["precision"]) if device.type == "cuda" else "32"
+    precision = resolve_precision(cfg["trainer"]["precision"], "gpu" if device.type == "cuda" else "cpu")
     batch = int(cfg["batch_size"]) if device.type == "cuda" else min(2, int(cfg["batch_size"]))
     measure = pretrain_speed if kind == "pretrain" else detection_speed
     speed = measure(cfg["model"], batch, steps, device, precision)

@@ -25,6 +25,7 @@ from sarmae.models.vitdet import (
     keep_boxes_float32,
     set_max_dets,
 )
+from sarmae.precision import cpu_has_native_bf16
 
 ADVICE = "pass weights/best.ckpt of a finetune run"
 STATE_PREFIX = "model."  # the Lightning module holds the torchvision detector at ``self.model``
@@ -65,9 +66,7 @@ def inference_autocast(precision: str, device: torch.device):
 def native_bf16(device: torch.device | str) -> bool:
     """Whether ``device`` is a CPU with bf16 matrix instructions (AVX512-BF16 or AMX), where a bf16 forward takes
     ~0.6x the float32 time; on other CPUs bf16 is emulated and slower than float32."""
-    return torch.device(device).type == "cpu" and (
-        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    )
+    return torch.device(device).type == "cpu" and cpu_has_native_bf16()
 
 
 def inference_model(model: torch.nn.Module, device: torch.device | str, precision: str = "32-true"

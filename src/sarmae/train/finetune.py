@@ -38,6 +38,7 @@ from sarmae.train.runs import (
     SavesRngState,
     adamw,
     build_trainer,
+    decide_precision,
     one_line_error,
     prepare_run_dir,
     read_checkpoint_header,
@@ -55,6 +56,7 @@ def finetune_config(cfg: dict) -> dict:
     """The checked, complete fine-tuning config (:func:`~sarmae.config.complete_config`), with the checks that
     fail in the first second rather than after the datasets are parsed: run length, eval, init/weights."""
     cfg = complete_config(cfg, SCHEMA_CONFIG, DETECTOR_KEYS, open_sections=("data.scaling",))
+    decide_precision(cfg)
     for key, value in (("epochs", cfg["epochs"]), ("batch_size", cfg["batch_size"]),
                        ("eval.max_dets", cfg["eval"]["max_dets"]), ("eval.every", cfg["eval"]["every"])):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -29,6 +29,7 @@ from sarmae.train.runs import (
     SavesRngState,
     adamw,
     build_trainer,
+    decide_precision,
     one_line_error,
     prepare_run_dir,
     read_checkpoint_header,
@@ -44,6 +45,7 @@ METRIC_COLUMNS = ["epoch", "step", "loss", "lr", "images_per_s"]
 def pretrain_config(cfg: dict) -> dict:
     """The checked, complete pre-training config (:func:`~sarmae.config.complete_config`), run length checked."""
     cfg = complete_config(cfg, SCHEMA_CONFIG, ("size", *MAE_DEFAULTS), open_sections=("data.scaling",))
+    decide_precision(cfg)
     for key in ("epochs", "batch_size"):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]!r}: must be a whole number >= 1")

@@ -36,8 +36,7 @@ from sarmae.config import save_config
 from sarmae.errors import CheckpointError, ConfigError, SarmaeError
 from sarmae.files import atomic_open, atomic_write
 from sarmae.models.checkpoints import open_checkpoint
-
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
+from sarmae.precision import resolve_precision
 
 
 def adamw(groups: list[dict], lr: float, betas: tuple[float, float], cfg: dict) -> torch.optim.AdamW:
@@ -47,6 +46,13 @@ def adamw(groups: list[dict], lr: float, betas: tuple[float, float], cfg: dict) 
     tcfg = cfg["trainer"]
     fused = not (str(tcfg["precision"]).startswith("16") and tcfg["clip_grad"])
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(float(b) for b in betas), fused=fused)
+
+
+def decide_precision(cfg: dict) -> None:
+    """``trainer.precision: auto`` replaced in ``cfg`` by what this machine computes fast
+    (:func:`sarmae.precision.resolve_precision`), so the run folder's ``config.yaml`` records the value used."""
+    tcfg = cfg["trainer"]
+    tcfg["precision"] = resolve_precision(tcfg["precision"], tcfg["accelerator"])
 
 
 def run_dir_for(cfg: dict, command: str) -> Path:
@@ -378,10 +384,8 @@ def build_trainer(
     ``save_last`` is switched off so that only one writer owns ``last.ckpt``.
     """
     tcfg = cfg["trainer"]
-    precision = str(tcfg["precision"])
-    if precision not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={precision}: use one of {', '.join(PRECISIONS)}")
     accelerator = tcfg["accelerator"]
+    precision = resolve_precision(tcfg["precision"], accelerator)
     if precision.startswith("16") and (accelerator == "cpu" or not torch.cuda.is_available()):
         warnings.warn("fp16 mixed precision needs a GPU; using bf16-mixed on CPU", stacklevel=2)
         precision = "bf16-mixed"
