@@ -29,25 +29,33 @@ def test_demo_runs_every_step_and_writes_tables_and_figures(tmp_path, monkeypatc
     monkeypatch.setenv("SARMAE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     overrides = ["data.train=12", "data.val=6", "data.unlabeled=16", "data.size=64",
+                 "rows=[natural,sar_pixels,sar_gradients]",
                  f"pretrain.overrides={TINY_MAE}",
                  f"finetune.overrides={['model.pretrain_img_size=64', *TINY_DETECTOR]}"]
     assert main(["demo", "--out", str(out), "--seeds", "2", *overrides]) == 0
     printed = capsys.readouterr().out
     table = (out / "table.md").read_text()
-    assert all(label in table for label in ROWS) and "Δ mAP vs - (scratch)" in table
-    assert "12 labeled / 16 unlabeled images" in table and table.split("\n\n", 1)[1].strip() in printed
+    assert all(label in table for label in ROWS) and "| Δ mAP (points)" in table and "95 % CI" in table
+    assert "12 labeled images, precision " in table and table.split("\n\n", 1)[1].strip() in printed
+    assert "pre-training in this run (the shipped one was" in printed  # tiny MAEs: not what the package ships
     rows = json.loads((out / "table.json").read_text())
     assert set(rows) == ROWS
     for label, row in rows.items():
         assert len(row["runs"]) == 2 and set(row["summary"]) == {"mAP", "AP50", "AP75", "mAP_s", "mAP_m", "mAP_l"}
         if label == "- (scratch)":
-            assert "paired_vs_baseline" not in row
+            assert "paired" not in row
             continue
-        paired = row["paired_vs_baseline"]
-        assert paired["baseline"] == "- (scratch)"
-        for column in ("mAP", "AP50"):  # per seed: this row's run minus the scratch run of the same seed
-            expected = [r[column] - s[column] for r, s in zip(row["runs"], rows["- (scratch)"]["runs"])]
-            assert paired[column]["per_seed"] == pytest.approx(expected)
+        references = {"- (scratch)", "natural images (MAE)"} if label == "SAR (MAE, pixel target)" else \
+            {"- (scratch)"}  # SAR pixels is also paired with natural images (the paper's second claim)
+        assert set(row["paired"]) == references
+        for reference in references:
+            paired = row["paired"][reference]
+            for column in ("mAP", "AP50"):  # per seed: this row's run minus the reference run of the same seed
+                expected = [r[column] - s[column] for r, s in zip(row["runs"], rows[reference]["runs"])]
+                assert paired[column]["per_seed"] == pytest.approx(expected)
+                assert paired[column]["ahead"] == sum(d > 0 for d in expected)
+                low, high = paired[column]["ci95"]
+                assert low <= paired[column]["mean"] <= high
     # one recipe: every fine-tuning run has the same config apart from its init, weights, seed and folder
     configs = {path.parent.name: yaml.safe_load(path.read_text()) for path in out.glob("finetune_*/config.yaml")}
     assert len(configs) == 8

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sarmae.experiments.jobs import Job, epochs_done, run_jobs
+from sarmae.experiments.jobs import Job, epochs_done, estimate, run_jobs
 
 needs_two_cores = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="steps run side by side only on 2+ cores")
 
@@ -87,3 +87,20 @@ def test_progress_reads_the_last_progress_line(tmp_path):
         f"\rEpoch {e}:  {100 * s // 44}%|###   | {s}/44 [00:01<00:02,  2.2it/s, loss=0.5]" for e in range(3)
         for s in range(45)) + "\rEpoch 3:  25%|##    | 11/44 [00:05<00:15, 2.2it/s]")
     assert epochs_done(log) == pytest.approx(3.25)
+
+
+def test_estimate_weighs_each_kind_by_its_measured_rate(tmp_path):
+    pre, fine_a, fine_b = (Job(stamp, {}, tmp_path / n, epochs=e, kind=k) for n, e, k in
+                           (("pre", 100, "pretrain"), ("a", 20, "finetune"), ("b", 20, "finetune")))
+    jobs = [pre, fine_a, fine_b]
+    assert estimate(jobs, {}, {}, workers=2) == (0.0, None)  # nothing measured: no ETA rather than a guess
+    # fine-tuning runs at 5 s/epoch, pre-training at 18 s/epoch: 10 fine-tuning epochs left (50 s) and 50
+    # pre-training epochs (900 s) = 950 s of work on 2 workers
+    done = {pre.out: 50.0, fine_a.out: 20.0, fine_b.out: 10.0}
+    elapsed = {pre.out: 900.0, fine_a.out: 100.0, fine_b.out: 50.0}
+    share, left = estimate(jobs, done, elapsed, workers=2)
+    assert left == pytest.approx(950 / 2)
+    assert share == pytest.approx((900 + 150) / (900 + 150 + 950))
+    # a kind not measured yet borrows the slowest measured rate, not one epoch = one unit
+    share, left = estimate(jobs, {fine_a.out: 4.0}, {fine_a.out: 20.0}, workers=2)
+    assert left == pytest.approx((100 + 16 + 20) * 5.0 / 2)

@@ -2,8 +2,9 @@
 
 A tiny model uses one core far better than two, so on a CPU two steps at once finish ~1.5x sooner than one after
 the other. Each step runs in a spawned process with an equal share of the cores and logs to ``<out>/log.txt``;
-one progress bar counts the epochs of every step, read from those logs. The first failing step's error is
-re-raised once the running ones are stopped. SIGTERM / Ctrl-C stop every worker: no process is left behind.
+one progress bar shows the share of the work done and an ETA from measured rates (:func:`estimate`), read from
+those logs. The first failing step's error is re-raised once the running ones are stopped. SIGTERM / Ctrl-C stop
+every worker: no process is left behind.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import redirect_stderr, redirect_stdout
@@ -27,7 +29,8 @@ from tqdm import tqdm
 class Job:
     """One step: ``fn(**kwargs)`` writing into ``out``; starts once the jobs whose ``out`` is in ``needs`` finished.
 
-    ``epochs`` is the step's length for the progress bar (0 for steps without a Lightning progress bar).
+    ``epochs`` is the step's length for the progress bar (0 for steps without a Lightning progress bar) and
+    ``kind`` names the steps that cost the same per epoch (e.g. ``pretrain``, ``finetune``).
     """
 
     fn: Callable[..., Any]
@@ -35,6 +38,7 @@ class Job:
     out: Path
     needs: tuple[Path, ...] = ()
     epochs: int = 0
+    kind: str = ""
     result: Any = field(default=None, repr=False)
 
 
@@ -83,8 +87,41 @@ def epochs_done(log: Path) -> float:
     return epoch + step / max(1, steps)
 
 
+def estimate(jobs: list[Job], done: dict[Path, float], elapsed: dict[Path, float], workers: int
+             ) -> tuple[float, float | None]:
+    """(share of the work done, seconds left or None while unmeasured) for ``jobs``.
+
+    ``done`` holds each job's epochs trained, ``elapsed`` the seconds since each started job began (until it
+    finished, for finished jobs). A kind's seconds per epoch is measured from its own jobs (their time over their
+    epochs, start-up and evaluation included), so a pre-training epoch and a fine-tuning epoch of very different
+    cost are not counted alike; a kind not measured yet borrows the slowest measured rate, and no ETA is shown
+    before any rate is measured. The time left is the work left shared by ``workers`` processes.
+    """
+    rates: dict[str, float] = {}
+    for kind in {job.kind for job in jobs if job.epochs}:
+        mine = [job for job in jobs if job.kind == kind and done.get(job.out, 0) > 0.05]
+        if mine:
+            rates[kind] = sum(elapsed[job.out] for job in mine) / sum(done[job.out] for job in mine)
+    if not rates:
+        return 0.0, None
+    fallback = max(rates.values())
+    work_done = work_left = 0.0
+    for job in jobs:
+        rate = rates.get(job.kind, fallback)
+        epochs = min(done.get(job.out, 0.0), job.epochs)
+        work_done += epochs * rate
+        work_left += (job.epochs - epochs) * rate
+    total = work_done + work_left
+    return (work_done / total if total else 1.0), work_left / max(1, workers)
+
+
 def _stop_on_sigterm(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
 def _run_in_processes(jobs: list[Job]) -> list[Any]:
@@ -93,26 +130,34 @@ def _run_in_processes(jobs: list[Job]) -> list[Any]:
     threads = max(1, cores // workers)
     print(f"running {len(jobs)} steps, {workers} at a time ({threads} thread(s) each); logs: "
           + ", ".join(str(job.out / "log.txt") for job in jobs))
-    bar = tqdm(total=sum(job.epochs for job in jobs), desc="training", file=sys.stderr, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n:.1f}/{total} epochs [{elapsed}<{remaining}]")
+    bar = tqdm(total=100, desc="demo", file=sys.stderr, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {elapsed} elapsed, {postfix}", postfix="ETA: measuring")
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     finished: set[Path] = set()
+    started: dict[Path, float] = {}
+    elapsed: dict[Path, float] = {}
     running: dict[Future, Job] = {}
     pending = list(jobs)
     try:
         while pending or running:
             for job in [j for j in pending if all(n in finished for n in j.needs)]:
                 running[pool.submit(_in_subprocess, job.fn, job.kwargs, threads, job.out)] = job
+                started[job.out] = time.monotonic()
                 pending.remove(job)
             done, _ = wait(running, timeout=5, return_when=FIRST_COMPLETED)
             for future in done:
                 job = running.pop(future)
                 job.result = future.result()  # a failed step raises here; the finally clause stops the others
                 finished.add(job.out)
-            progress = sum(job.epochs if job.out in finished else min(job.epochs, epochs_done(job.out / "log.txt"))
-                           for job in jobs)
-            bar.update(round(progress - bar.n, 2))
+                elapsed[job.out] = time.monotonic() - started[job.out]
+            for job in running.values():
+                elapsed[job.out] = time.monotonic() - started[job.out]
+            epochs = {job.out: job.epochs if job.out in finished else epochs_done(job.out / "log.txt")
+                      for job in jobs if job.out in started}
+            share, left = estimate(jobs, epochs, elapsed, workers)
+            bar.set_postfix_str("ETA: measuring" if left is None else f"ETA {_clock(left)}", refresh=False)
+            bar.update(round(100 * share - bar.n, 1))
         return [job.result for job in jobs]
     finally:
         bar.close()

@@ -90,55 +90,73 @@ def summarise(per_row: dict[str, list[dict]]) -> dict[str, dict]:
 PAIRED_COLUMNS = ("mAP", "AP50")
 
 
-def paired_differences(per_row: dict[str, list[dict]], baseline: str) -> dict[str, dict[str, dict]]:
-    """Per row and column: ``row - baseline`` for each seed (runs are listed by seed), their mean and std.
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """The ``level`` confidence interval of the mean of ``values`` (Student's t over n - 1 degrees of freedom);
+    None for fewer than two values. With 3 seeds the half-width is 2.48 x the std (t = 4.30 / sqrt(3))."""
+    if len(values) < 2:
+        return None
+    from scipy.stats import t
 
-    Pairing by seed removes what a seed does to every row alike (data order, head initialisation); the std of the
-    differences is the spread the effect has to beat.
+    mean = statistics.mean(values)
+    half = float(t.ppf(0.5 + level / 2, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def paired_differences(per_row: dict[str, list[dict]], row: str, reference: str) -> dict[str, dict]:
+    """Per column: ``row - reference`` for each seed (runs are listed by seed), their mean, std, 95 % t-interval
+    and how many seeds put ``row`` ahead.
+
+    Pairing by seed removes what a seed does to every row alike (data order, head initialisation); the interval
+    says whether the mean difference is more than that seed-to-seed spread.
     """
-    base = per_row[baseline]
-    out: dict[str, dict[str, dict]] = {}
-    for label, runs in per_row.items():
-        if label == baseline:
-            continue
-        out[label] = {}
-        for column in PAIRED_COLUMNS:
-            diffs = [float(r[column]) - float(b[column]) for r, b in zip(runs, base)
-                     if r.get(column) is not None and b.get(column) is not None]
-            diffs = [d for d in diffs if not math.isnan(d)]
-            out[label][column] = {
-                "per_seed": diffs,
-                "mean": statistics.mean(diffs) if diffs else None,
-                "std": statistics.stdev(diffs) if len(diffs) > 1 else None,
-            }
+    out: dict[str, dict] = {}
+    for column in PAIRED_COLUMNS:
+        diffs = [float(r[column]) - float(b[column]) for r, b in zip(per_row[row], per_row[reference])
+                 if r.get(column) is not None and b.get(column) is not None]
+        diffs = [d for d in diffs if not math.isnan(d)]
+        out[column] = {
+            "per_seed": diffs,
+            "mean": statistics.mean(diffs) if diffs else None,
+            "std": statistics.stdev(diffs) if len(diffs) > 1 else None,
+            "ci95": t_interval(diffs),
+            "ahead": sum(d > 0 for d in diffs),
+        }
     return out
 
 
-def format_paired(paired: dict[str, dict[str, dict]], column: str, baseline: str) -> str:
-    """Markdown: one row per pre-trained row, the per-seed differences and their mean ± std (points)."""
-    seeds = max((len(p[column]["per_seed"]) for p in paired.values()), default=0)
-    headers = [f"seed {i}" for i in range(seeds)] + ["mean ± std"]
-    rows = {}
-    for label, p in paired.items():
+def format_paired(comparisons: dict[tuple[str, str], dict[str, dict]], column: str) -> str:
+    """Markdown: one line per (row, reference) pair: the per-seed differences, mean, 95 % interval, seeds ahead."""
+    seeds = max((len(p[column]["per_seed"]) for p in comparisons.values()), default=0)
+    header = [f"Δ {column} (points)", *(f"seed {i}" for i in range(seeds)), "mean", "95 % CI", "seeds ahead"]
+    body = []
+    for (row, reference), p in comparisons.items():
         d = p[column]
-        rows[label] = dict(zip(headers, d["per_seed"]))
-        if d["mean"] is not None:
-            rows[label]["mean ± std"] = (d["mean"], d["std"]) if d["std"] is not None else d["mean"]
-    return format_table(rows, headers, first_header=f"Δ {column} vs {baseline}")
+        ci = f"[{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]" if d["ci95"] else "n/a"
+        mean = f"{100 * d['mean']:+.1f}" if d["mean"] is not None else "n/a"
+        cells = [f"{100 * v:+.1f}" for v in d["per_seed"]] + [""] * (seeds - len(d["per_seed"]))
+        body.append([f"{row} − {reference}", *cells, mean, ci, f"{d['ahead']}/{len(d['per_seed'])}"])
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+             "|" + "|".join([":" + "-" * (widths[0] + 1)] + ["-" * (w + 1) + ":" for w in widths[1:]]) + "|"]
+    lines += ["| " + " | ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]) + " |"
+              for r in body]
+    return "\n".join(lines)
 
 
-def write_table(per_row: dict[str, list[dict]], out: Path, title: str, baseline: str | None = None) -> str:
+def write_table(per_row: dict[str, list[dict]], out: Path, title: str,
+                comparisons: list[tuple[str, str]] = ()) -> str:
     """Print and save the table as ``table.md`` and ``table.json`` (per-seed values included).
 
-    With ``baseline`` (a row label) the paired per-seed differences to that row follow the table, and each other
-    row's JSON entry gains ``paired_vs_baseline``.
+    ``comparisons`` are (row, reference) label pairs, e.g. (SAR row, scratch): their paired per-seed differences
+    follow the table, and the row's JSON entry gains ``paired[reference]``. Pairs naming a missing row are skipped.
     """
     table = summarise(per_row)
     text = format_table(table)
-    paired = paired_differences(per_row, baseline) if baseline in per_row and len(per_row) > 1 else {}
+    paired = {(row, ref): paired_differences(per_row, row, ref) for row, ref in comparisons
+              if row in per_row and ref in per_row}
     if paired:
-        text += "\n\nPaired differences to the same seed's scratch run (points):\n\n" + "\n\n".join(
-            format_paired(paired, column, baseline) for column in PAIRED_COLUMNS)
+        text += ("\n\nPaired differences, row − reference run of the same seed (points; 95 % CI: Student's t over "
+                 "seeds):\n\n" + "\n\n".join(format_paired(paired, column) for column in PAIRED_COLUMNS))
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(f"# {title}\n\n{text}\n")
 
@@ -154,8 +172,8 @@ def write_table(per_row: dict[str, list[dict]], out: Path, title: str, baseline:
                 "runs": [{k: clean(r.get(k)) for k in TABLE_COLUMNS} for r in runs]}
         for label, runs in per_row.items()
     }
-    for label, p in paired.items():
-        payload[label]["paired_vs_baseline"] = {"baseline": baseline, **p}
+    for (row, reference), p in paired.items():
+        payload[row].setdefault("paired", {})[reference] = p
     (out / "table.json").write_text(json.dumps(payload, indent=2))
     print(f"\n{title}\n{text}\n(saved {out / 'table.md'} and {out / 'table.json'})")
     return text
