@@ -280,13 +280,17 @@ def write_provenance(run: Path, config: str, overrides: list[str], images: Path,
 
 
 def _collect_figures(out: Path, row_jobs: dict[str, list[Job]], root: Path) -> None:
-    """Figure 2 from the SAR pixel-target pre-training (the paper's; a gradient-target MAE predicts no pixels),
-    Figure 3 from the SAR pixel-target row's first seed (the paper's SAR row), the learning curves."""
+    """Figure 2 from the SAR pixel-target pre-training when it ran here (the shipped encoders carry no decoder;
+    a gradient-target MAE predicts no pixels), Figure 3 from the SAR pixel-target row's first seed (the paper's
+    SAR row), the learning curves."""
     from sarmae.infer.reconstruct import reconstruct
 
     ckpt = out / "pretrain_sar_pixels" / "weights" / "last.ckpt"
     if ckpt.is_file():
         reconstruct(ckpt, [str(root / "JPEGImages" / "val")], out / "figure2_reconstruction.png", count=4)
+    else:
+        print("Figure 2 (MAE reconstructions) needs the MAE's decoder, which the shipped encoders do not carry: "
+              "run with encoders=pretrain, or `sarmae reconstruct RUN/weights/last.ckpt IMAGES` on any MAE run")
     samples = out / "finetune_sar_pixels_seed0" / "eval" / "samples.png"
     if samples.is_file():
         shutil.copyfile(samples, out / "figure3_detections.png")
