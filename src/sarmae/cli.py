@@ -349,8 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dm.add_argument("--out", default="runs/demo", help="run folder (re-running resumes where it stopped)")
     dm.add_argument("--seeds", type=int, default=None,
-                    help="fine-tuning seeds per row (default: the profile's, 3; 5-10 narrow the intervals); mean +- std "
-                    "and paired differences")
+                    help="fine-tuning seeds per row (default: the profile's, 3; 5-10 narrow the intervals); "
+                    "mean +- std and paired differences")
     dm.add_argument("--profile", choices=["cpu", "gpu"], default="cpu",
                     help="cpu: tiny ViT at 128 px, ~15 min on 2 cores; gpu: ViT-S at 256 px, ~15 min on one GPU")
     dm.add_argument("--imagenet-weights", default=None, help="an ImageNet MAE/timm checkpoint of the demo's ViT size")

@@ -299,13 +299,19 @@ def _collect_figures(out: Path, row_jobs: dict[str, list[Job]], root: Path) -> N
 
 
 def read_curve(run: Path) -> tuple[list[int], list[float]]:
-    """(epochs, val mAP in %) from a fine-tuning run's ``metrics.csv`` (rows with a validation)."""
-    epochs, values = [], []
+    """(epochs, val mAP in %) from a fine-tuning run's ``metrics.csv`` (rows with a validation), ending with the
+    evaluation of its last checkpoint (``eval/metrics.json``) when training did not validate its last epoch."""
+    epochs, values, last = [], [], 0
     with open(run / "metrics.csv", newline="") as f:
         for record in csv.DictReader(f):
+            last = max(last, int(float(record["epoch"])) + 1)
             if record.get("val_mAP") not in (None, "", "nan"):
                 epochs.append(int(float(record["epoch"])) + 1)
                 values.append(100 * float(record["val_mAP"]))
+    final = run / "eval" / "metrics.json"
+    if final.is_file() and (not epochs or epochs[-1] < last):
+        epochs.append(last)
+        values.append(100 * float(json.loads(final.read_text())["mAP"]))
     return epochs, values
 
 

@@ -131,7 +131,7 @@ def _run_in_processes(jobs: list[Job]) -> list[Any]:
     print(f"running {len(jobs)} steps, {workers} at a time ({threads} thread(s) each); logs: "
           + ", ".join(str(job.out / "log.txt") for job in jobs))
     bar = tqdm(total=100, desc="demo", file=sys.stderr, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {elapsed} elapsed, {postfix}", postfix="ETA: measuring")
+               bar_format="{l_bar}{bar}| {elapsed} elapsed{postfix}", postfix="ETA: measuring")
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     finished: set[Path] = set()
