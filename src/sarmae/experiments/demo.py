@@ -301,10 +301,12 @@ def _collect_figures(out: Path, row_jobs: dict[str, list[Job]], root: Path) -> N
 def read_curve(run: Path) -> tuple[list[int], list[float]]:
     """(epochs, val mAP in %) from a fine-tuning run's ``metrics.csv`` (rows with a validation), ending with the
     evaluation of its last checkpoint (``eval/metrics.json``) when training did not validate its last epoch."""
-    epochs, values, last = [], [], 0
+    import yaml
+
+    epochs, values = [], []
+    last = int(yaml.safe_load((run / "config.yaml").read_text())["epochs"])
     with open(run / "metrics.csv", newline="") as f:
         for record in csv.DictReader(f):
-            last = max(last, int(float(record["epoch"])) + 1)
             if record.get("val_mAP") not in (None, "", "nan"):
                 epochs.append(int(float(record["epoch"])) + 1)
                 values.append(100 * float(record["val_mAP"]))

@@ -141,7 +141,8 @@ def _run_in_processes(jobs: list[Job]) -> list[Any]:
     pending = list(jobs)
     try:
         while pending or running:
-            for job in [j for j in pending if all(n in finished for n in j.needs)]:
+            for job in [j for j in pending if all(n in finished for n in j.needs)][:workers - len(running)]:
+                # no more than one job per worker: a job's clock (its measured rate) starts when it runs
                 running[pool.submit(_in_subprocess, job.fn, job.kwargs, threads, job.out)] = job
                 started[job.out] = time.monotonic()
                 pending.remove(job)
