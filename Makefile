@@ -47,7 +47,10 @@ wheel-check: $(VENV)/.installed
 	$(BIN)/pip --python $(WHEEL_ENV)/bin/python install -q --no-deps build/wheel/sarmae-*.whl
 	cd /tmp && $(WHEEL_ENV)/bin/sarmae demo --help > /dev/null && $(WHEEL_ENV)/bin/python -c \
 		"import sarmae, sarmae.config as c; assert 'wheel-env' in sarmae.__file__, sarmae.__file__; \
-		c.load_config('vitdet_tiny'); c.load_config('demo/demo.yaml'); print('wheel-check: OK', sarmae.__file__)"
+		c.load_config('vitdet_tiny'); c.load_config('demo/demo.yaml'); \
+		from sarmae.experiments.demo import shipped_encoder as e; \
+		assert all(e(n).is_file() and e(n).with_suffix('.json').is_file() for n in ('natural', 'sar_pixels')); \
+		print('wheel-check: OK', sarmae.__file__)"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks

@@ -94,6 +94,7 @@ def test_estimate_weighs_each_kind_by_its_measured_rate(tmp_path):
                            (("pre", 100, "pretrain"), ("a", 20, "finetune"), ("b", 20, "finetune")))
     jobs = [pre, fine_a, fine_b]
     assert estimate(jobs, {}, {}, workers=2) == (0.0, None)  # nothing measured: no ETA rather than a guess
+    assert estimate(jobs, {fine_a.out: 0.3}, {fine_a.out: 4.0}, workers=2) == (0.0, None)  # mostly start-up yet
     # fine-tuning runs at 5 s/epoch, pre-training at 18 s/epoch: 10 fine-tuning epochs left (50 s) and 50
     # pre-training epochs (900 s) = 950 s of work on 2 workers
     done = {pre.out: 50.0, fine_a.out: 20.0, fine_b.out: 10.0}

@@ -95,11 +95,12 @@ def estimate(jobs: list[Job], done: dict[Path, float], elapsed: dict[Path, float
     finished, for finished jobs). A kind's seconds per epoch is measured from its own jobs (their time over their
     epochs, start-up and evaluation included), so a pre-training epoch and a fine-tuning epoch of very different
     cost are not counted alike; a kind not measured yet borrows the slowest measured rate, and no ETA is shown
-    before any rate is measured. The time left is the work left shared by ``workers`` processes.
+    before some job has trained a whole epoch (earlier, start-up time would dominate the rate and the ETA would
+    overshoot several-fold). The time left is the work left shared by ``workers`` processes.
     """
     rates: dict[str, float] = {}
     for kind in {job.kind for job in jobs if job.epochs}:
-        mine = [job for job in jobs if job.kind == kind and done.get(job.out, 0) > 0.05]
+        mine = [job for job in jobs if job.kind == kind and done.get(job.out, 0) >= 1]  # start-up weighs less
         if mine:
             rates[kind] = sum(elapsed[job.out] for job in mine) / sum(done[job.out] for job in mine)
     if not rates:
