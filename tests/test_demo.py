@@ -194,3 +194,17 @@ def test_sigterm_stops_the_demo_and_its_workers_and_the_rerun_resumes(tmp_path):
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "table.md").is_file() and (out / "probe.md").is_file()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.train=0", "data.train=0: must be a whole number >= 1"),
+    ("rows=[sar_pixels,sar_pixel]", "rows=['sar_pixels', 'sar_pixel']: list each of natural"),
+    ("encoders=mine", "encoders=mine: use shipped"),
+    ("data.size=100", "data.size=100: must be a multiple of the ViT's 16-px patch"),
+])
+def test_an_impossible_demo_plan_stops_before_any_data_is_made(tmp_path, monkeypatch, capsys, override, message):
+    monkeypatch.setenv("SARMAE_CACHE", str(tmp_path / "cache"))
+    assert main(["demo", "--out", str(tmp_path / "demo"), override]) != 0
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "demo").exists()
