@@ -201,3 +201,17 @@ def test_cli_synth_then_check(tmp_path, capsys):
     assert "0000001.png" in capsys.readouterr().out
     assert main(["data", "check", str(tmp_path / "missing")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("escaping", ["../../../x.png", "/etc/passwd", "sub/../../x.png", "C:\\data\\x.png"])
+def test_a_file_name_that_leaves_the_root_is_refused(ds, tmp_path, escaping):
+    """data check reports the entry even though the file exists outside; the loaders refuse the json."""
+    outside = tmp_path / "x.png"
+    shutil.copyfile(ds / "JPEGImages/train/0000002.png", outside)
+    _edit(ds, "train", lambda d: d["images"][0].update(file_name=escaping))
+    text = check_dataset(ds).format()
+    assert "file name leaves the dataset root" in text and escaping in text and "result: OK" not in text
+    from sarmae.data.coco import CocoDetection
+
+    with pytest.raises(DataError, match="leaves the dataset root"):
+        CocoDetection(ds, "train")

@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sarmae.data.coco import BOX_CLIPPED, BOX_DROPPED, BOX_NEGATIVE, clip_box, image_candidates, resolve_image_path
+from sarmae.data.coco import (
+    BOX_CLIPPED,
+    BOX_DROPPED,
+    BOX_NEGATIVE,
+    clip_box,
+    image_candidates,
+    leaves_root,
+    resolve_image_path,
+)
 from sarmae.data.io import IMAGE_EXTENSIONS, read_image
 from sarmae.errors import DataError
 
@@ -253,6 +261,10 @@ def _check_split(root: Path, split: str, data: dict, report: DatasetReport) -> t
             err("duplicate image id").add(f"image id {iid}: {images[iid]['file_name']} and {name}")
             continue
         images[iid] = img
+        if leaves_root(name):
+            err("file name leaves the dataset root (refused by every loader; give a path under JPEGImages/)").add(
+                f"image id {iid}: {name}")
+            continue
         if name in seen_files:
             warn("duplicate file name").add(f"{name}: image ids {seen_files[name]} and {iid}")
         seen_files[name] = iid

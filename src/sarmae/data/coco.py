@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -80,7 +80,17 @@ def load_coco_json(path: str | Path) -> dict:
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or not isinstance(img.get("file_name"), str) or "id" not in img:
             raise DataError(f"{path}: images[{i}] needs an 'id' and a 'file_name'; fix the json")
+        if leaves_root(img["file_name"]):
+            raise DataError(f"{path}: images[{i}] (id {img['id']}) file_name {img['file_name']!r} leaves the dataset "
+                            "root; image files must lie under JPEGImages/ (give a relative path without '..')")
     return data
+
+
+def leaves_root(file_name: str) -> bool:
+    """Whether a COCO ``file_name`` points outside ``JPEGImages/``: absolute (``/x``, ``C:\\x``) or with a ``..``
+    step. Such entries are refused everywhere, so an annotation file cannot make a run read files elsewhere."""
+    posix = PurePosixPath(file_name.replace("\\", "/"))
+    return posix.is_absolute() or ".." in posix.parts or bool(PureWindowsPath(file_name).drive)
 
 
 def split_root(ann_file: str | Path) -> tuple[Path, str]:
