@@ -29,11 +29,14 @@ from importlib.resources import files
 from pathlib import Path
 
 from sarmae.config import check_keys, config_schema, load_config
+from sarmae.data.natural import MANIFEST as NATURAL_MANIFEST
 from sarmae.data.natural import write_natural_pool
+from sarmae.data.synth import MANIFEST as SYNTH_MANIFEST
 from sarmae.data.synth import write_dataset
 from sarmae.errors import ConfigError
 from sarmae.experiments.jobs import Job, run_jobs
 from sarmae.experiments.table import Row, run_pretrain_step, run_row, write_table
+from sarmae.files import atomic_open
 
 PROFILES = {"cpu": "demo/demo.yaml", "gpu": "demo/demo_gpu.yaml"}
 SCRATCH = "- (scratch)"
@@ -84,10 +87,10 @@ def demo_plan(profile: str, overrides: list[str] | tuple[str, ...]) -> dict:
     if plan["encoders"] not in ENCODER_MODES:
         raise ConfigError(f"encoders={plan['encoders']}: use shipped (the package's) or pretrain (make them here)")
     data = plan["data"]
-    for key in ("train", "val", "size", "seed", "unlabeled"):
+    for key, least in (("train", 1), ("val", 1), ("size", 16), ("unlabeled", 1), ("seed", 0)):
         value = data[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key in ("seed",) else 1):
-            raise ConfigError(f"data.{key}={value!r}: must be a whole number >= {0 if key == 'seed' else 1}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"data.{key}={value!r}: must be a whole number >= {least}")
     if data["size"] % 16:
         raise ConfigError(f"data.size={data['size']}: must be a multiple of the ViT's 16-px patch")
     return plan
@@ -131,7 +134,7 @@ def run_demo(
         jobs.append(Job(pretrain_encoder, {"config": pre["config"], "out": run, "images": images,
                                            "overrides": [f"model.target={target}", *pre["overrides"]]},
                         run, epochs=pre_epochs, kind="pretrain"))
-    for name in set(encoders) - set(missing):
+    for name in [n for n in encoders if n not in missing]:
         print(f"{ENCODER_ROWS[name][0]}: the MAE encoder shipped with sarmae ({encoders[name]})")
 
     rows = [Row(SCRATCH, "scratch")] + [Row(ENCODER_ROWS[n][0], "sar", encoders[n], n) for n in plan["rows"]]
@@ -215,7 +218,7 @@ def pool_identity(images: Path) -> dict:
     """What an unlabeled pool is: its generator's manifest (name, version, parameters), the number of images and
     a SHA-256 over their names and bytes in sorted order."""
     images = Path(images)
-    manifest = next((m for m in (images / "natural.json", images.parent / "synth.json") if m.is_file()), None)
+    manifest = next((m for m in (images / NATURAL_MANIFEST, images.parent / SYNTH_MANIFEST) if m.is_file()), None)
     digest, count = hashlib.sha256(), 0
     for path in sorted(p for p in images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".tif")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
@@ -275,7 +278,8 @@ def write_provenance(run: Path, config: str, overrides: list[str], images: Path,
         "encoder_sha256": hashlib.sha256(encoder.read_bytes()).hexdigest(),
     }
     path = run / PROVENANCE
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    with atomic_open(path, "w") as f:
+        f.write(json.dumps(record, indent=2) + "\n")
     return path
 
 

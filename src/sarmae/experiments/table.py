@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sarmae.config import load_config, set_dotted
-from sarmae.infer.metrics import TABLE_COLUMNS, format_table
+from sarmae.infer.metrics import TABLE_COLUMNS, format_table, markdown_table
 
 
 @dataclass(frozen=True)
@@ -135,12 +135,7 @@ def format_paired(comparisons: dict[tuple[str, str], dict[str, dict]], column: s
         mean = f"{100 * d['mean']:+.1f}" if d["mean"] is not None else "n/a"
         cells = [f"{100 * v:+.1f}" for v in d["per_seed"]] + [""] * (seeds - len(d["per_seed"]))
         body.append([f"{row} − {reference}", *cells, mean, ci, f"{d['ahead']}/{len(d['per_seed'])}"])
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
-             "|" + "|".join([":" + "-" * (widths[0] + 1)] + ["-" * (w + 1) + ":" for w in widths[1:]]) + "|"]
-    lines += ["| " + " | ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]) + " |"
-              for r in body]
-    return "\n".join(lines)
+    return markdown_table(header, body)
 
 
 def write_table(per_row: dict[str, list[dict]], out: Path, title: str,

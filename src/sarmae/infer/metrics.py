@@ -195,7 +195,11 @@ def format_table(
     A row value is a float or a ``(mean, std)`` pair (printed ``mean ± std``); missing or NaN is ``n/a``.
     """
     body = [[name] + [_cell(metrics.get(c), scale, digits) for c in columns] for name, metrics in rows.items()]
-    header = [first_header, *columns]
+    return markdown_table([first_header, *columns], body)
+
+
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """Aligned markdown: the first column left-aligned (row names), the others right-aligned (numbers)."""
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
     lines.append("|" + "|".join([":" + "-" * (widths[0] + 1)] + ["-" * (w + 1) + ":" for w in widths[1:]]) + "|")
