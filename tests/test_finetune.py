@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import os
+import signal
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import yaml
 from sarmae.cli import main
 from sarmae.config import load_config
 from sarmae.data.synth import write_dataset
-from sarmae.errors import CheckpointError
+from sarmae.errors import CheckpointError, Stopped
 from sarmae.models.checkpoints import save_encoder_safetensors
 from sarmae.models.mae import MaskedAutoencoder
 from sarmae.train.finetune import (
@@ -291,6 +292,41 @@ def test_resume_continues_exactly(make_coco, tmp_path):
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
     assert yaml.safe_load((resumed / "config.yaml").read_text())["epochs"] == 3
+
+
+def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_equals_an_uninterrupted_one(
+        make_coco, tmp_path, monkeypatch):
+    """Stopped during step 3 (epoch 1, batch 1 of 2): last.ckpt of step 3, then resume=auto == 3 epochs straight,
+    including the epoch-1 row whose mean losses span the stop."""
+    from sarmae.train import finetune as finetune_module
+    from sarmae.train.runs import resume_position
+
+    root = small_dataset(make_coco, tmp_path / "data")
+    straight = small_run(root, tmp_path / "straight", "epochs=3", "data.workers=2")
+    real_stop_point = finetune_module.stop_point
+
+    def sigterm_at_step_3(trainer, batch_idx):
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_stop_point(trainer, batch_idx)
+
+    monkeypatch.setattr(finetune_module, "stop_point", sigterm_at_step_3)
+    run = tmp_path / "stopped"
+    with pytest.raises(Stopped, match="stopped by SIGTERM at epoch 1, step 3: saved"):
+        small_run(root, run, "epochs=3", "data.workers=2")
+    ckpt = torch.load(run / "weights" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 3 and resume_position(ckpt) == (1, 1)
+    monkeypatch.setattr(finetune_module, "stop_point", real_stop_point)
+    small_run(root, run, "epochs=3", "data.workers=2", "resume=auto")
+    timing = {"images_per_s"}
+    rows, ref = read_csv(run / "metrics.csv"), read_csv(straight / "metrics.csv")
+    assert [r["step"] for r in rows] == ["2", "4", "6"]
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in ref]
+    a = torch.load(straight / "weights" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(run / "weights" / "last.ckpt", map_location="cpu", weights_only=True)
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
 
 
 def test_resume_with_other_classes_is_refused(make_coco, tmp_path, capsys):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +24,12 @@ from timm.models.vision_transformer import VisionTransformer
 
 from sarmae.cli import main
 from sarmae.config import load_config
+from sarmae.errors import Stopped
 from sarmae.data.synth import write_dataset
 from sarmae.models.mae import build_mae
+from sarmae.train import pretrain as pretrain_module
 from sarmae.train.pretrain import no_decay, param_groups, peak_lr, run_pretrain, warmup_cosine
+from sarmae.train.runs import resume_position
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # tiny models: see conftest
 
@@ -143,15 +148,51 @@ def test_killed_run_resumes_on_the_same_curve(unlabeled, tmp_path, dies_while_sa
     assert len(read_rows(b)) == 8 and load_ckpt(b / "weights" / "last.ckpt")["global_step"] == 4
 
     pretrain(unlabeled, b, *common, "resume=auto")
+    assert curve(b)[0] == list(range(1, 9))  # rows 5..8 of the killed run are not duplicated
+    assert_same_run(a, b)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Same loss and lr curve, no duplicated rows, same final weights."""
     steps_a, loss_a, lr_a = curve(a)
     steps_b, loss_b, lr_b = curve(b)
-    assert steps_b == steps_a == list(range(1, 9))  # rows 5..8 of the killed run are not duplicated
+    assert steps_b == steps_a
     np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(lr_b, lr_a, rtol=1e-6, atol=1e-12)
     weights_a = load_ckpt(a / "weights" / "last.ckpt")["state_dict"]
     weights_b = load_ckpt(b / "weights" / "last.ckpt")["state_dict"]
     for key in weights_a:
         torch.testing.assert_close(weights_b[key], weights_a[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_equals_an_uninterrupted_one(
+        unlabeled, tmp_path, monkeypatch, workers):
+    common = ("epochs=2", f"data.workers={workers}", "data.random_resized_crop=true")
+    a = pretrain(unlabeled, tmp_path / "A", *common)
+
+    real_stop_point = pretrain_module.stop_point
+
+    def sigterm_at_step_6(trainer, batch_idx):  # the scheduler's SIGTERM lands during step 6 (epoch 1, batch 2)
+        if trainer.global_step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_stop_point(trainer, batch_idx)
+
+    monkeypatch.setattr(pretrain_module, "stop_point", sigterm_at_step_6)
+    handler = signal.getsignal(signal.SIGTERM)
+    b = tmp_path / "B"
+    with pytest.raises(Stopped) as stopped:
+        pretrain(unlabeled, b, *common)
+    assert signal.getsignal(signal.SIGTERM) is handler  # the training's own handler is gone again
+    assert stopped.value.signum == signal.SIGTERM
+    assert f"stopped by SIGTERM at epoch 1, step 6: saved {b / 'weights' / 'last.ckpt'}" in stopped.value.message
+    ckpt = load_ckpt(b / "weights" / "last.ckpt")
+    assert ckpt["global_step"] == 6 and resume_position(ckpt) == (1, 2)  # mid-epoch, not the epoch-0 checkpoint
+    assert [int(r["step"]) for r in read_rows(b)] == [1, 2, 3, 4, 5, 6]  # the rows up to the checkpoint
+
+    monkeypatch.setattr(pretrain_module, "stop_point", real_stop_point)
+    pretrain(unlabeled, b, *common, "resume=auto")
+    assert_same_run(a, b)
 
 
 def test_resume_extends_epochs_and_keeps_metrics(two_epoch_run, unlabeled, tmp_path, capsys):

@@ -9,12 +9,14 @@ import argparse
 import difflib
 import glob
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sarmae import __version__
-from sarmae.errors import ConfigError, SarmaeError
+from sarmae.errors import ConfigError, SarmaeError, Stopped, raise_stopped
 
 if TYPE_CHECKING:
     from sarmae.data.io import IntensityScaling
@@ -528,16 +530,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. SIGTERM unwinds like Ctrl-C (training writes a checkpoint first, workers are stopped);
+    the exit status is then 128 + the signal's number (130 Ctrl-C, 143 SIGTERM), as a shell reports it."""
+    previous = signal.signal(signal.SIGTERM, raise_stopped) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         args = parse_args(argv)
         return args.func(args)
     except SarmaeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(stop.message or f"stopped by {signal.Signals(stop.signum).name} (checkpoints are kept: run the same "
+              "command again to resume where it stopped)", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("interrupted (checkpoints are kept: run the same command again to resume where it stopped)",
               file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

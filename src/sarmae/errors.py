@@ -15,3 +15,19 @@ class ConfigError(SarmaeError):
 
 class CheckpointError(SarmaeError):
     """A checkpoint is missing, unreadable or of another architecture."""
+
+
+class Stopped(KeyboardInterrupt):
+    """A command stopped by a signal (SIGTERM from a scheduler, SIGINT from Ctrl-C): the CLI exits 128 + signum.
+
+    ``message`` says what was kept (e.g. the checkpoint a training run wrote) and how to continue.
+    """
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(signum, message)
+        self.signum, self.message = int(signum), message
+
+
+def raise_stopped(signum: int, frame: object) -> None:  # noqa: ARG001
+    """Signal handler: turn SIGTERM into :class:`Stopped`, unwinding (and cleaning up) like Ctrl-C does."""
+    raise Stopped(signum)

@@ -1,5 +1,6 @@
 """Dataset-side helpers shared by training and inference: what a checkpoint remembers about the classes, and the
-detection DataLoader (unreadable images dropped and counted, per-image sizes kept)."""
+evaluation DataLoader (unreadable images dropped and counted, per-image sizes kept; training order is
+:mod:`sarmae.data.sampling`'s)."""
 
 from __future__ import annotations
 
@@ -16,18 +17,21 @@ def class_info(dataset: CocoDetection) -> dict:
                                                                      dataset.label_to_cat_id.items()}}
 
 
-def detection_loader(dataset, cfg: dict, train: bool, batch_size: int | None = None) -> DataLoader:
-    """Loader that drops unreadable images (``data.strict=true`` raises instead) and keeps per-image sizes."""
+def detection_loader(dataset, cfg: dict, batch_size: int | None = None) -> DataLoader:
+    """Evaluation loader, in file order: drops unreadable images (``data.strict=true`` raises instead) and keeps
+    per-image sizes."""
     data = cfg.get("data") or {}
     workers = int(data.get("workers", 4))
     return DataLoader(
         SkipBadSamples(dataset, strict=bool(data.get("strict", False))),
         batch_size=batch_size or int(cfg["batch_size"]),
-        shuffle=train,
         num_workers=workers,
         collate_fn=collate_detection,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
+        # Its own generator: a loader without one draws its worker seed from the global RNG each time its iterator
+        # is made, which would shift the training's random stream by how often validation ran in this process.
+        generator=torch.Generator().manual_seed(0),
     )
 
 

@@ -4,7 +4,8 @@ A tiny model uses one core far better than two, so on a CPU two steps at once fi
 the other. Each step runs in a spawned process with an equal share of the cores and logs to ``<out>/log.txt``;
 one progress bar shows the share of the work done and an ETA from measured rates (:func:`estimate`), read from
 those logs. The first failing step's error is re-raised once the running ones are stopped. SIGTERM / Ctrl-C stop
-every worker: no process is left behind.
+every worker within seconds (:func:`stop_workers`; a training step writes its checkpoint first): no process is
+left behind, and the same command resumes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from sarmae.errors import raise_stopped
 
 
 @dataclass
@@ -62,12 +65,20 @@ def run_jobs(jobs: list[Job]) -> list[Any]:
 
 
 def _in_subprocess(fn: Callable[..., Any], kwargs: dict[str, Any], threads: int, out: Path) -> Any:
+    """Run one job in a pool worker. Stopped by a signal, the worker process ends at once (exit 128 + signal)
+    instead of returning to the pool for more work; a training job has written its checkpoint by then."""
     import torch
 
+    signal.signal(signal.SIGTERM, raise_stopped)
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "log.txt", "a", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
-        return fn(**kwargs)
+        try:
+            return fn(**kwargs)
+        except KeyboardInterrupt as stop:  # Stopped (SIGTERM, or SIGINT while training) or Ctrl-C
+            print(getattr(stop, "message", "") or "stopped", flush=True)
+            signum = getattr(stop, "signum", signal.SIGINT)
+    os._exit(128 + signum)
 
 
 _PROGRESS = re.compile(rb"Epoch (\d+):\s+\d+%\|[^|]*\| (\d+)/(\d+)")
@@ -116,10 +127,6 @@ def estimate(jobs: list[Job], done: dict[Path, float], elapsed: dict[Path, float
     return (work_done / total if total else 1.0), work_left / max(1, workers)
 
 
-def _stop_on_sigterm(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt
-
-
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
@@ -133,7 +140,7 @@ def _run_in_processes(jobs: list[Job]) -> list[Any]:
           + ", ".join(str(job.out / "log.txt") for job in jobs))
     bar = tqdm(total=100, desc="demo", file=sys.stderr, dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {elapsed} elapsed{postfix}", postfix="ETA: measuring")
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    previous = signal.signal(signal.SIGTERM, raise_stopped)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     finished: set[Path] = set()
     started: dict[Path, float] = {}
@@ -164,7 +171,26 @@ def _run_in_processes(jobs: list[Job]) -> list[Any]:
     finally:
         bar.close()
         if pending or running:  # stopped early: a step failed, Ctrl-C or SIGTERM
-            for process in multiprocessing.active_children():
-                process.terminate()
+            stop_workers(multiprocessing.active_children())
         pool.shutdown(wait=True, cancel_futures=True)
         signal.signal(signal.SIGTERM, previous)
+
+
+GRACE_S = 7.0  # a worker's current training step plus its checkpoint; the whole stop stays under 10 s
+
+
+def stop_workers(processes: list, grace: float = GRACE_S) -> None:
+    """SIGTERM every worker (a training step then saves its checkpoint and exits); SIGKILL those still running
+    after ``grace`` seconds, and say so."""
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    late = [process for process in processes if process.is_alive()]
+    for process in late:
+        process.kill()
+        process.join()
+    if late:
+        print(f"{len(late)} worker(s) did not stop within {grace:g} s and were killed; they resume from their "
+              "last checkpoint", file=sys.stderr)

@@ -68,7 +68,7 @@ def evaluate_checkpoint(
     if len(dataset) == 0:
         raise DataError(f"{dataset.ann_file}: no images to evaluate")
     detector.set_max_dets(max_dets)
-    loader = detection_loader(dataset, {**cfg, "batch_size": batch_size}, train=False)
+    loader = detection_loader(dataset, {**cfg, "batch_size": batch_size})
     results = detect_split(detector, loader, dev, get_precision(cfg))
     names = dict(zip(detector.label_to_cat_id.values(), detector.names))
     metrics = coco_metrics(dataset.coco_gt, results, max_dets=max_dets, class_names=names)

@@ -22,8 +22,10 @@ from sarmae.config import complete_config
 from sarmae.data.coco import CocoDetection
 from sarmae.data.io import IntensityScaling
 from sarmae.data.loaders import class_info, detection_loader
+from sarmae.data.robust import SkipBadSamples, collate_detection
+from sarmae.data.sampling import resumable_loader
 from sarmae.data.transforms import detection_transforms
-from sarmae.errors import CheckpointError, ConfigError, DataError, SarmaeError
+from sarmae.errors import CheckpointError, ConfigError, DataError, SarmaeError, Stopped
 from sarmae.infer.metrics import TABLE_COLUMNS, coco_metrics, detections_to_coco, format_table, gather_results
 from sarmae.models.vitdet import (
     DETECTOR_KEYS,
@@ -33,6 +35,7 @@ from sarmae.models.vitdet import (
     param_groups,
     set_max_dets,
 )
+from sarmae.train.preemption import StopTraining, stop_point
 from sarmae.train.runs import (
     CsvMetrics,
     SavesRngState,
@@ -43,6 +46,7 @@ from sarmae.train.runs import (
     prepare_run_dir,
     read_checkpoint_header,
     resolve_resume,
+    resume_position,
 )
 
 SCHEMA_CONFIG = "vitdet_b_sardet100k"  # the paper's config lists every fine-tuning key with its default
@@ -162,6 +166,10 @@ class ViTDetFinetuning(SavesRngState, L.LightningModule):
         now = time.perf_counter()
         self._train_s += now - self._tic
         self._tic = now
+        stop_point(self.trainer, batch_idx)
+
+    def running_state(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in ("_losses", "_n_loss", "_skipped", "_seen", "_train_s")}
 
     def on_train_epoch_end(self) -> None:
         skipped = int(self.trainer.strategy.reduce(torch.tensor(float(self._skipped)), reduce_op="sum"))
@@ -285,11 +293,18 @@ def run_finetune(cfg: dict) -> Path:
     resume = resolve_resume(cfg, run_dir)
     train, val = detection_datasets(cfg)
     module = ViTDetFinetuning(cfg, class_info(train), coco_gt=val.coco_gt)
+    train_loader = resumable_loader(SkipBadSamples(train, strict=cfg["data"]["strict"]), cfg["batch_size"],
+                                    seed=cfg["seed"], shuffle=True, workers=cfg["data"]["workers"],
+                                    collate_fn=collate_detection)
     if resume is not None:
         finished = check_resume(resume, module)
         note = f"resuming {resume} after {finished} of {cfg['epochs']} epochs"
         if finished >= int(cfg["epochs"]):
             note += f" (nothing left to train: pass epochs=N with N > {finished} to continue)"
+        epoch, batches = resume_position(read_checkpoint_header(resume))
+        train_loader.sampler.resume_at(epoch, batches * cfg["batch_size"])
+        if batches:
+            note = f"resuming {resume} in epoch {epoch} after {batches} of its batches"
     else:
         module.initialise_backbone()
         note = "fresh start" + (" (resume=auto: no weights/last.ckpt yet)" if cfg["resume"] else "")
@@ -303,10 +318,11 @@ def run_finetune(cfg: dict) -> Path:
     if trainer.is_global_zero:
         print(f"fine-tuning on {len(train)} images, validating on {len(val)} -> {run_dir}: {note}")
     try:
-        trainer.fit(module, detection_loader(train, cfg, True), detection_loader(val, cfg, False),
-                    ckpt_path=resume, weights_only=True)
+        trainer.fit(module, train_loader, detection_loader(val, cfg), ckpt_path=resume, weights_only=True)
     except SarmaeError as exc:
         raise one_line_error(exc) from None
+    except StopTraining as stop:
+        raise Stopped(stop.signum, stop.advice()) from None
     if trainer.is_global_zero:  # the last validation's table was printed at its epoch end
         best = f"{float(checkpoint.best_model_score):.4f}" if checkpoint.best_model_score is not None else "n/a"
         print(f"done -> {run_dir}: weights/best.ckpt (val mAP {best}), weights/last.ckpt, metrics.csv")

@@ -14,16 +14,18 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from sarmae.config import complete_config
 from sarmae.data.io import IntensityScaling
 from sarmae.data.robust import SkipBadSamples, collate_skip_bad
+from sarmae.data.sampling import resumable_loader
 from sarmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, mae_transforms
 from sarmae.data.unlabeled import UnlabeledImages
-from sarmae.errors import CheckpointError, ConfigError, SarmaeError
+from sarmae.errors import CheckpointError, ConfigError, SarmaeError, Stopped
 from sarmae.models.checkpoints import save_encoder_safetensors
 from sarmae.models.mae import MAE_DEFAULTS, MaskedAutoencoder, build_mae
+from sarmae.train.preemption import StopTraining, stop_point
 from sarmae.train.runs import (
     CsvMetrics,
     SavesRngState,
@@ -35,6 +37,7 @@ from sarmae.train.runs import (
     read_checkpoint_header,
     report,
     resolve_resume,
+    resume_position,
     stop_dataloader_workers,
 )
 
@@ -121,6 +124,13 @@ class MAEPretraining(SavesRngState, L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._log_step()
+        stop_point(self.trainer, batch_idx)
+
+    def running_state(self) -> dict[str, Any]:
+        return {"_skipped": self._skipped}
+
+    def _log_step(self) -> None:
         if self.global_step == self._stepped_at:
             return  # still accumulating gradients: no optimiser step yet
         self._stepped_at = self.global_step
@@ -258,11 +268,13 @@ def pretrain_sources(cfg: dict) -> list[Path]:
 class PretrainData(L.LightningDataModule):
     """The pre-training batches ``(images [N, 3, S, S], skipped)``, from image files or streamed from
     ``data.shards``. The loader is made when Lightning asks for it, once the DDP processes exist: LitData reads
-    the world size when a dataset is created, and each rank must stream its own part."""
+    the world size when a dataset is created, and each rank must stream its own part. ``first_epoch`` = epochs
+    already trained; ``position`` = (epoch, batches of it trained) where a resumed run continues."""
 
-    def __init__(self, cfg: dict, dataset: Any, first_epoch: int = 0) -> None:
+    def __init__(self, cfg: dict, dataset: Any, first_epoch: int = 0, position: tuple[int, int] | None = None
+                 ) -> None:
         super().__init__()
-        self.cfg, self.dataset, self.first_epoch = cfg, dataset, first_epoch
+        self.cfg, self.dataset, self.first_epoch, self.position = cfg, dataset, first_epoch, position
 
     def train_dataloader(self) -> DataLoader:
         data, batch_size = self.cfg["data"], self.cfg["batch_size"]
@@ -271,21 +283,13 @@ class PretrainData(L.LightningDataModule):
 
             dataset = build_pretrain_dataset(self.cfg)  # this rank's view of the shards
             return streaming_loader(dataset, batch_size, data["workers"], collate_skip_bad, self.first_epoch)
-        sampler = None
-        if self.trainer.world_size > 1:  # our own, because Lightning's always shuffles training data
-            sampler = DistributedSampler(self.dataset, num_replicas=self.trainer.world_size,
-                                         rank=self.trainer.global_rank, shuffle=data["shuffle"], seed=self.cfg["seed"])
-        return DataLoader(
-            self.dataset,
-            batch_size=batch_size,
-            shuffle=data["shuffle"] if sampler is None else None,
-            sampler=sampler,
-            num_workers=data["workers"],
-            collate_fn=collate_skip_bad,
-            drop_last=len(self.dataset) >= 2 * batch_size,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=False,
-        )
+        loader = resumable_loader(self.dataset, batch_size, seed=self.cfg["seed"], shuffle=data["shuffle"],
+                                  workers=data["workers"], collate_fn=collate_skip_bad,
+                                  drop_last=len(self.dataset) >= 2 * batch_size)
+        if self.position is not None:
+            epoch, batches = self.position
+            loader.sampler.resume_at(epoch, batches * batch_size)
+        return loader
 
 
 def build_pretrain_dataset(cfg: dict) -> Any:
@@ -360,8 +364,11 @@ def run_pretrain(cfg: dict) -> Path:
         ExportEncoder(run_dir),
     ]
     trainer = build_trainer(cfg, run_dir, callbacks)
+    position = resume_position(read_checkpoint_header(resume)) if resume else None
     if trainer.is_global_zero:
-        if resume:
+        if position and position[1]:
+            note = f"resuming {resume} in epoch {position[0]} after {position[1]} of its batches"
+        elif resume:
             note = f"resuming {resume} after {finished} of {cfg['epochs']} epochs"
             if finished >= int(cfg["epochs"]):
                 note += f" (nothing left to train: pass epochs=N with N > {finished} to continue)"
@@ -376,12 +383,16 @@ def run_pretrain(cfg: dict) -> Path:
             print(f"streaming {cfg['data']['shards']}: pixels as packed (data.scaling was applied by `sarmae data "
                   "pack`); no reconstruction figures during training (they read image files; draw them afterwards "
                   "with `sarmae reconstruct RUN/weights/last.ckpt IMAGES`)")
-    error = None
+    error: BaseException | None = None
     try:
-        trainer.fit(module, datamodule=PretrainData(cfg, dataset, finished), ckpt_path=resume, weights_only=True)
+        trainer.fit(module, datamodule=PretrainData(cfg, dataset, finished, position), ckpt_path=resume,
+                    weights_only=True)
     except SarmaeError as exc:
         stop_dataloader_workers(exc)
         error = one_line_error(exc)
+    except StopTraining as stop:
+        stop_dataloader_workers(stop)
+        error = Stopped(stop.signum, stop.advice())
     if error is not None:
         raise error
     return run_dir

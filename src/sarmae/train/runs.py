@@ -9,8 +9,9 @@ Run folder layout (Ultralytics-like)::
         weights/last.ckpt     after every epoch, atomically (temp file in the same folder, fsync, rename)
         weights/epochNNN.ckpt every ``trainer.save_every`` epochs (plus ``best.ckpt`` for fine-tuning)
 
-A run killed at any moment leaves a complete ``last.ckpt`` of its last finished epoch; ``resume=auto``
-continues from it with the model, optimiser, schedule, loop counters and every RNG restored.
+A run killed at any moment leaves a complete ``last.ckpt`` of its last finished epoch (SIGTERM and Ctrl-C: of
+its last finished step, :mod:`sarmae.train.preemption`); ``resume=auto`` continues from it with the model,
+optimiser, schedule, loop counters, data position and every RNG restored.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from sarmae.errors import CheckpointError, ConfigError, SarmaeError
 from sarmae.files import atomic_open, atomic_write
 from sarmae.models.checkpoints import open_checkpoint
 from sarmae.precision import resolve_precision
+from sarmae.train.preemption import Preemption
 
 
 def adamw(groups: list[dict], lr: float, betas: tuple[float, float], cfg: dict) -> torch.optim.AdamW:
@@ -119,6 +121,17 @@ def read_checkpoint_header(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
         raise CheckpointError(f"checkpoint {path}: not a sarmae training checkpoint (weights/last.ckpt of a run)")
     return ckpt
+
+
+def resume_position(ckpt: dict[str, Any]) -> tuple[int, int]:
+    """(epoch to continue, batches of it already trained) of a training checkpoint: (N, 0) after N whole epochs,
+    (N, k) when it was written after batch k of epoch N (a preemption)."""
+    loop = ckpt.get("loops", {}).get("fit_loop", {})
+    epochs = loop.get("epoch_progress", {}).get("current", {})
+    finished = int(epochs.get("processed", 0))
+    if int(epochs.get("started", 0)) <= finished:
+        return finished, 0  # saved at an epoch end: the next epoch starts from its beginning
+    return finished, int(loop.get("epoch_loop.batch_progress", {}).get("current", {}).get("processed", 0))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -205,13 +218,24 @@ def restore_rng_state(state: dict[str, Any] | None) -> None:
 
 
 class SavesRngState:
-    """LightningModule mixin (list it first): every checkpoint carries the RNG state, restored on resume."""
+    """LightningModule mixin (list it first): every checkpoint carries the RNG state and the module's running
+    totals (:meth:`running_state`: e.g. losses summed since the last logged row), restored on resume, so a run
+    resumed in the middle of an epoch logs what an uninterrupted one would."""
+
+    def running_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_running_state(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng_state"] = capture_rng_state()
+        checkpoint["running_state"] = self.running_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_rng_state(checkpoint.get("rng_state"))
+        self.load_running_state(checkpoint.get("running_state") or {})
 
 
 # -- metrics.csv and the progress bar -------------------------------------------------------------------
@@ -257,6 +281,9 @@ class CsvMetrics(Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.flush(trainer, pl_module)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.flush(trainer, pl_module)  # rows past the checkpoint a resumed run starts from are dropped then
 
 
 def _as_int(text: str | None) -> int:
@@ -408,7 +435,8 @@ def build_trainer(
         accumulate_grad_batches=accumulate,
         gradient_clip_val=tcfg["clip_grad"],
         logger=TensorBoardLogger(save_dir=run_dir, name="tb", version="", default_hp_metric=False),
-        callbacks=[*checkpoints, RunProgressBar(refresh_rate=tcfg["progress_every"]), *callbacks],
+        callbacks=[*checkpoints, RunProgressBar(refresh_rate=tcfg["progress_every"]), *callbacks,
+                   Preemption(run_dir / "weights" / "last.ckpt")],
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=tcfg["log_every"],
         check_val_every_n_epoch=val_every or 1,
