@@ -167,32 +167,33 @@ def test_the_demo_recipe_runs_on_real_style_sar_chips(tmp_path, make_coco, capsy
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the demo's steps run side by side only on 2+ cores")
 def test_sigterm_stops_the_demo_and_its_workers_and_the_rerun_resumes(tmp_path):
-    import signal
+    """SIGTERM once the pre-trainings are in steady state (a step finished): the demo ends within 10 s with exit
+    143, no worker left, each pre-training's checkpoint of its last step kept; the same command then finishes."""
     import subprocess
     import sys
     import time
 
+    from test_pretrain import alive, start_and_signal_when_training
+
     env = {**os.environ, "SARMAE_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "demo"
     args = [sys.executable, "-m", "sarmae.cli", "demo", "--out", str(out), "--seeds", "1", "data.train=12",
-            "data.val=6", "data.unlabeled=16", "data.size=64", f"pretrain.overrides={TINY_MAE}",
+            "data.val=6", "data.unlabeled=16", "data.size=64", "rows=[sar_pixels]",
+            f"pretrain.overrides={[*TINY_MAE, 'epochs=20', 'batch_size=2']}",
             f"finetune.overrides={['model.pretrain_img_size=64', *TINY_DETECTOR]}"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list(out.glob("pretrain_*/log.txt")) and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "run the same command again to resume" in err
+    proc, children, signalled = start_and_signal_when_training(
+        args, env, tmp_path / "stdout.txt", log=out / "pretrain_sar_pixels" / "log.txt")
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - signalled < 10
+    assert proc.returncode == 143 and "run the same command again to resume" in err
     time.sleep(0.5)
-    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
-             and Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"]
-    assert children and alive == []  # the workers went with the demo
+    assert children and alive(children) == []  # the workers went with the demo
+    log = (out / "pretrain_sar_pixels" / "log.txt").read_text()
+    assert "stopped by SIGTERM at epoch" in log and (out / "pretrain_sar_pixels" / "weights" / "last.ckpt").is_file()
     assert not (out / "table.md").exists()
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming" in (out / "pretrain_sar_pixels" / "log.txt").read_text()
     assert (out / "table.md").is_file() and (out / "probe.md").is_file()
 
 

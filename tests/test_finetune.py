@@ -295,7 +295,7 @@ def test_resume_continues_exactly(make_coco, tmp_path):
 
 
 def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_equals_an_uninterrupted_one(
-        make_coco, tmp_path, monkeypatch):
+        make_coco, tmp_path, monkeypatch, capsys):
     """Stopped during step 3 (epoch 1, batch 1 of 2): last.ckpt of step 3, then resume=auto == 3 epochs straight,
     including the epoch-1 row whose mean losses span the stop."""
     from sarmae.train import finetune as finetune_module
@@ -314,6 +314,13 @@ def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_equals_an_uninter
     run = tmp_path / "stopped"
     with pytest.raises(Stopped, match="stopped by SIGTERM at epoch 1, step 3: saved"):
         small_run(root, run, "epochs=3", "data.workers=2")
+    with one_thread():  # the command: exit status 143 and the line saying how to continue
+        args = ["finetune", "vitdet_tiny", *TINY_MODEL, "model.img_size=64", f"data.root={root}", "batch_size=4",
+                "data.keep_empty=true", "optim.warmup_iters=2", "optim.milestones=[2]", "epochs=3", "data.workers=0",
+                f"out={tmp_path / 'cli'}"]
+        assert main(args) == 143
+    err = capsys.readouterr().err
+    assert f"step 3: saved {tmp_path / 'cli' / 'weights' / 'last.ckpt'}; run the same command with resume=auto" in err
     ckpt = torch.load(run / "weights" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3 and resume_position(ckpt) == (1, 1)
     monkeypatch.setattr(finetune_module, "stop_point", real_stop_point)

@@ -195,6 +195,59 @@ def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_equals_an_uninter
     assert_same_run(a, b)
 
 
+def start_and_signal_when_training(args: list[str], env: dict, stdout: Path, log: Path | None = None
+                                   ) -> tuple[subprocess.Popen, list[int], float]:
+    """Start a command (its stdout into the file ``stdout``), wait until a training step has finished (a progress
+    line ``n/N`` with n >= 1, on stdout or in ``log``), then SIGTERM it; returns the process, its children at that
+    moment and the time of the signal."""
+    import re
+
+    with stdout.open("w") as sink:
+        proc = subprocess.Popen(args, env=env, stdout=sink, stderr=subprocess.PIPE, text=True)
+    step = re.compile(r"Epoch \d+:\s+\d+%\|[^|]*\| [1-9]\d*/\d+")
+    watched = log or stdout
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if watched.is_file() and step.search(watched.read_text(errors="replace")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the command ended before a training step was seen"
+    children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    proc.send_signal(signal.SIGTERM)
+    return proc, children, time.monotonic()
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The pids among ``pids`` still running (zombies count as gone)."""
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists()
+            and Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"]
+
+
+def test_sigterm_to_sarmae_pretrain_while_it_trains(unlabeled, tmp_path):
+    """The steady state: SIGTERM once steps are running (loader workers alive) ends the command within 10 s with
+    exit 143, no process left and a checkpoint of its last step; the same command then finishes the run, equal to
+    an uninterrupted one."""
+    run = tmp_path / "run"
+    common = [*TINY, "epochs=10", "data.workers=2", "trainer.precision=32-true"]
+    args = [sys.executable, "-m", "sarmae.cli", "pretrain", "mae_tiny", *common, f"data.images={unlabeled}",
+            f"out={run}", "resume=auto"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc, children, signalled = start_and_signal_when_training(args, env, tmp_path / "stdout.txt")
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - signalled < 10
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM at epoch" in err and "resume=auto" in err
+    time.sleep(0.5)
+    assert children and alive(children) == []  # the loader workers went too
+    step = load_ckpt(run / "weights" / "last.ckpt")["global_step"]
+    assert 0 < step < 40 and f", step {step}: saved" in err
+
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming" in done.stdout
+    assert_same_run(pretrain(unlabeled, tmp_path / "straight", *common), run)
+
+
 def test_resume_extends_epochs_and_keeps_metrics(two_epoch_run, unlabeled, tmp_path, capsys):
     run_dir = tmp_path / "run"
     (run_dir / "weights").mkdir(parents=True)

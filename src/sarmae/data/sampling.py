@@ -110,7 +110,7 @@ def resumable_loader(dataset: Any, batch_size: int, *, seed: int, shuffle: bool,
         collate_fn=collate_fn,
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,  # workers read the sampler's keys; nothing of theirs carries across epochs
+        persistent_workers=workers > 0,  # the order comes from the sampler, in this process: workers hold no state
         generator=torch.Generator().manual_seed(int(seed)),  # the loader's own worker seeds: off the global RNG
     )
 
