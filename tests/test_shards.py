@@ -114,7 +114,7 @@ def test_two_ranks_from_shards_follow_the_folder_run_loss_for_loss(chips, tmp_pa
 
 def test_killed_run_from_shards_resumes_on_the_same_curve(chips, tmp_path, dies_while_saving):
     """Shuffled shards, 3 epochs: a run killed while saving epoch 2 and resumed (resume=auto from epoch 1's
-    checkpoint, with LitData's loader state in it) ends on the same loss curve as the run that was not killed."""
+    checkpoint) ends on the same loss curve as the run that was not killed."""
     from sarmae.config import load_config
     from sarmae.train.pretrain import run_pretrain
 
@@ -132,3 +132,35 @@ def test_killed_run_from_shards_resumes_on_the_same_curve(chips, tmp_path, dies_
     resumed = run(tmp_path / "killed", "resume=auto")
     assert len(straight) == 1 + 12 and resumed == straight
     assert len(set(straight[1:5]) & set(straight[5:9])) == 0  # the epochs differ (a replayed epoch would not)
+
+
+def test_sigterm_mid_epoch_from_shards_resumes_at_that_step(chips, tmp_path, monkeypatch):
+    """SIGTERM during step 6 of 12 (epoch 1, batch 2): LitData's loader position and the RNG go into last.ckpt, and
+    the resumed run streams the rest of epoch 1 as the uninterrupted run did (same loss curve)."""
+    import signal
+
+    from sarmae.config import load_config
+    from sarmae.errors import Stopped
+    from sarmae.train import pretrain as pretrain_module
+
+    shards = pack_images([chips], tmp_path / "shards", max_size=512).out
+
+    def run(out: Path, *extra: str) -> list[str]:
+        cfg = load_config("mae_tiny", [*TINY, "batch_size=8", "epochs=3", f"data.shards={shards}", f"out={out}",
+                                       "data.random_resized_crop=true", *extra])
+        pretrain_module.run_pretrain(cfg)
+        return [",".join(r.split(",")[:4]) for r in (out / "metrics.csv").read_text().splitlines()]
+
+    straight = run(tmp_path / "straight")
+    real_stop_point = pretrain_module.stop_point
+
+    def sigterm_at_step_6(trainer, batch_idx):
+        if trainer.global_step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_stop_point(trainer, batch_idx)
+
+    monkeypatch.setattr(pretrain_module, "stop_point", sigterm_at_step_6)
+    with pytest.raises(Stopped, match="epoch 1, step 6"):
+        run(tmp_path / "stopped")
+    monkeypatch.setattr(pretrain_module, "stop_point", real_stop_point)
+    assert run(tmp_path / "stopped", "resume=auto") == straight

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sarmae import __version__
 from sarmae.errors import ConfigError, SarmaeError, Stopped, raise_stopped
+from sarmae.files import disk_full_error
 
 if TYPE_CHECKING:
     from sarmae.data.io import IntensityScaling
@@ -539,6 +540,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SarmaeError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk outside the atomic writers (images, figures, tables): still one line
+        full = disk_full_error(exc, exc.filename)
+        if full is None:
+            raise
+        print(f"error: {full}", file=sys.stderr)
         return 2
     except Stopped as stop:
         print(stop.message or f"stopped by {signal.Signals(stop.signum).name} (checkpoints are kept: run the same "

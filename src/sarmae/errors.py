@@ -17,6 +17,10 @@ class CheckpointError(SarmaeError):
     """A checkpoint is missing, unreadable or of another architecture."""
 
 
+class DiskFullError(SarmaeError):
+    """The file system ran out of space while a file was written (the previous version of the file is intact)."""
+
+
 class Stopped(KeyboardInterrupt):
     """A command stopped by a signal (SIGTERM from a scheduler, SIGINT from Ctrl-C): the CLI exits 128 + signum.
 

@@ -2,17 +2,64 @@
 
 The new content goes to a temporary file beside the target (same file system, so the rename is atomic), is
 flushed and fsynced, then ``os.replace``s the target; on any error the temporary file is removed and the old
-target is untouched. Checkpoints, exported encoders, dataset jsons and manifests all go through here.
+target is untouched. Checkpoints, exported encoders, dataset jsons and manifests all go through here. A full
+disk (or quota) becomes one :class:`~sarmae.errors.DiskFullError` line naming the file, the free space and the
+space the write needed at least.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from sarmae.errors import DiskFullError
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+# torch.save reports a failed write as a RuntimeError of its zip writer, without the OS error's number
+TORCH_WRITE_FAILED = ("unexpected pos", "file write failed")
+LOW_SPACE = 64 << 20  # bytes: below this, a failed write is taken for a full disk
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+def disk_full_error(exc: BaseException, path: Path | None, written: int = 0) -> DiskFullError | None:
+    """A :class:`DiskFullError` if ``exc`` is a full disk or quota while writing ``path`` (None: unknown file;
+    ``written`` bytes had gone into it before it failed), else None."""
+    if isinstance(exc, OSError) and exc.errno in FULL:
+        pass
+    elif not (isinstance(exc, RuntimeError) and any(text in str(exc) for text in TORCH_WRITE_FAILED)):
+        return None
+    path = Path(path) if path is not None else None
+    parents = [path.parent, *path.parents] if path is not None else []
+    folder = next((p for p in parents if p.exists()), Path.cwd())
+    free = shutil.disk_usage(folder).free
+    if not (isinstance(exc, OSError) or free < LOW_SPACE):
+        return None
+    previous = path.stat().st_size if path is not None and path.is_file() else 0
+    need = ""
+    if previous or written:
+        need = f", it needs about {_megabytes(previous)}" if previous >= written else \
+            f", it needs more than {_megabytes(written)}"
+    return DiskFullError(
+        f"{path or 'a file'}: no space left on the device while writing it ({_megabytes(free)} free in {folder}"
+        f"{need}); " + ("the previous file is intact; " if previous else "")
+        + "free some space or write elsewhere (out=...)"
+    )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 @contextmanager
@@ -27,6 +74,13 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        written = _size(tmp)
+        tmp.unlink(missing_ok=True)  # first: the free space reported is what the user has
+        full = disk_full_error(exc, path, written)
+        if full is None:
+            raise
+        raise full from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -41,9 +95,29 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        written = _size(tmp)
+        tmp.unlink(missing_ok=True)  # first: the free space reported is what the user has
+        full = disk_full_error(exc, path, written)
+        if full is None:
+            raise
+        raise full from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Around writes that are not atomic (generated images, figures, renders, shards): a full disk becomes one
+    :class:`~sarmae.errors.DiskFullError` line naming ``path``."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        full = disk_full_error(exc, Path(path))
+        if full is None:
+            raise
+        raise full from None
 
 
 def write_json_atomic(path: str | Path, data: Any, compact: bool = False) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from sarmae.errors import ConfigError, DataError
-from sarmae.files import write_json_atomic
+from sarmae.files import write_json_atomic, writing
 
 # Photographs (and photograph-like scientific images) in scikit-image's data folder; drawings, text pages and
 # binary masks are left out.
@@ -82,6 +82,7 @@ def write_natural_pool(out: str | Path, count: int, size: int, seed: int = 0) ->
     for i in range(count):
         rng = np.random.default_rng([seed, i])
         crop = random_crop(rng, photos[int(rng.integers(len(photos)))], size)
-        crop.save(out / f"{i:07d}.png", compress_level=1)
+        with writing(out / f"{i:07d}.png"):
+            crop.save(out / f"{i:07d}.png", compress_level=1)
     write_json_atomic(out / MANIFEST, params)  # written last: a pool interrupted half-way is regenerated
     return out

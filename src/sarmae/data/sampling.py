@@ -24,6 +24,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: spreads consecutive seeds / epochs far apart
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of ``epoch``'s permutation (and of its samples' seeds)."""
+    return (int(seed) * _MIX + int(epoch) + 1) % (1 << 63)
+
+
+def sample_seed(seed: int, epoch: int, rank: int, k: int) -> int:
+    """The augmentation seed of the ``k``-th sample that ``rank`` trains on in ``epoch``; image files
+    (:class:`EpochOrder`) and packed shards (:class:`~sarmae.data.shards.PackedImages`) follow the same rule."""
+    return (epoch_seed(seed, epoch) * 1_000_003 + (int(rank) << 40) + int(k)) % (1 << 63)
+
+
 def _world() -> tuple[int, int]:
     """(rank, world size) of the running process group, (0, 1) outside DDP."""
     if dist.is_available() and dist.is_initialized():
@@ -32,7 +43,8 @@ def _world() -> tuple[int, int]:
 
 
 class EpochOrder(DistributedSampler):
-    """This rank's ``(sample_seed, index)`` pairs of one epoch, in an order fixed by ``(seed, epoch)``.
+    """This rank's ``(sample_seed, index)`` pairs of one epoch, in an order fixed by ``(seed, epoch)``; the k-th
+    pair's seed is :func:`sample_seed` ``(seed, epoch, rank, k)``.
 
     Under DDP each of ``world`` ranks takes every ``world``-th position of the permutation, padded by repetition
     to equal shares (as ``DistributedSampler``). The rank and world size are read when an epoch starts, so the
@@ -59,19 +71,19 @@ class EpochOrder(DistributedSampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         rank, world = _world()
-        epoch_seed = (self.seed * _MIX + self.epoch + 1) % (1 << 63)
         if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch_seed)).tolist()
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+            order = torch.randperm(self.size, generator=generator).tolist()
         else:
             order = list(range(self.size))
         share = math.ceil(self.size / world)
         order += order[: share * world - self.size]  # equal shares: repeat the first positions
-        positions = range(rank, share * world, world)
+        mine = order[rank::world]
         start = 0
         if self._skip is not None and self._skip[0] == self.epoch:
             start, self._skip = min(self._skip[1], share), None
-        for position in positions[start:]:
-            yield (epoch_seed * 1_000_003 + position) % (1 << 63), order[position]
+        for k in range(start, share):
+            yield sample_seed(self.seed, self.epoch, rank, k), mine[k]
 
 
 class SeededSamples(Dataset):
@@ -115,4 +127,4 @@ def resumable_loader(dataset: Any, batch_size: int, *, seed: int, shuffle: bool,
     )
 
 
-__all__ = ["EpochOrder", "SeededSamples", "resumable_loader"]
+__all__ = ["EpochOrder", "SeededSamples", "epoch_seed", "resumable_loader", "sample_seed"]

@@ -34,9 +34,11 @@ from litdata.streaming.writer import BinaryWriter
 from PIL import Image
 
 from sarmae.data.io import IntensityScaling, open_8bit, read_image
+from sarmae.data.sampling import sample_seed
 from sarmae.data.transforms import MAETransform
 from sarmae.data.unlabeled import UnlabeledImages
-from sarmae.errors import DataError
+from sarmae.errors import DataError, DiskFullError
+from sarmae.files import writing
 
 PACK_INFO = "pack_info.json"  # written beside LitData's index.json: what was packed, from where, what was skipped
 
@@ -100,21 +102,26 @@ def pack_images(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     report = PackReport(out=out, max_size=max_size)
-    writer = BinaryWriter(str(partial), chunk_bytes=chunk_bytes)
-    for path in paths:
-        try:
-            pixels, height, width = stored_pixels(path, max_size, scaling)
-        except (DataError, OSError) as exc:
-            report.skipped.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
-            print(f"skipped {report.skipped[-1]}", file=sys.stderr)
-            continue
-        writer[report.packed] = {"image": pixels, "height": height, "width": width}
-        report.packed += 1
-    if report.packed == 0:
+    try:
+        with writing(partial):  # a full disk: one line, and the unfinished shards are removed
+            writer = BinaryWriter(str(partial), chunk_bytes=chunk_bytes)
+            for path in paths:
+                try:
+                    pixels, height, width = stored_pixels(path, max_size, scaling)
+                except (DataError, OSError) as exc:
+                    report.skipped.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+                    print(f"skipped {report.skipped[-1]}", file=sys.stderr)
+                    continue
+                writer[report.packed] = {"image": pixels, "height": height, "width": width}
+                report.packed += 1
+            if report.packed == 0:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise DataError(f"no readable image in {', '.join(map(str, sources))}; nothing packed")
+            writer.done()
+            writer.merge()
+    except DiskFullError:
         shutil.rmtree(partial, ignore_errors=True)
-        raise DataError(f"no readable image in {', '.join(map(str, sources))}; nothing packed")
-    writer.done()
-    writer.merge()
+        raise
     info = {"images": report.packed, "max_size": max_size, "sources": [str(s) for s in sources],
             "skipped": report.skipped, "scaling": None if scaling is None else scaling.__dict__}
     (partial / PACK_INFO).write_text(json.dumps(info, indent=1))
@@ -137,6 +144,16 @@ class PackedImages(StreamingDataset):
             raise DataError(f"data.shards={shards}: cannot open the shards ({reason})") from None
         self.mae_transform = transform  # (LitData's StreamingDataset has a ``transform`` of its own)
 
+    def __next__(self) -> torch.Tensor:
+        # The k-th sample of this rank (and loader worker) in this epoch draws its augmentation from its own seed,
+        # as image files do (sarmae.data.sampling), not from the training's random stream. LitData counts epochs
+        # from 1 and restores global_index (samples this worker streamed this epoch) with a resumed loader.
+        k = self.global_index + (self.worker_env.rank << 32 if self.worker_env is not None else 0)
+        rank = self.distributed_env.global_rank if self.distributed_env is not None else 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, self.current_epoch - 1, rank, k))
+            return super().__next__()
+
     def __getitem__(self, index: Any) -> torch.Tensor:
         item = super().__getitem__(index)
         img = Image.fromarray(np.ascontiguousarray(item["image"]))
@@ -148,18 +165,40 @@ def packed_images(shards: str, transform: MAETransform, shuffle: bool = True, se
     return PackedImages(str(shards), transform, shuffle=shuffle, seed=seed)
 
 
-def streaming_loader(dataset: Any, batch_size: int, workers: int, collate_fn: Any, first_epoch: int = 0) -> Any:
-    """LitData's loader (DDP- and worker-aware); ``first_epoch`` = epochs already trained (a resumed run).
+class EpochPositionLoader(StreamingDataLoader):
+    """LitData's loader positioned by sarmae's checkpoints alone: epoch ``current_epoch`` + 1 next (LitData counts
+    from 1), its first ``skip_batches`` batches dropped (a run stopped in the middle of that epoch).
 
-    LitData shuffles by its own epoch counter, which starts at 0 in a new process and which Lightning does not
-    restore from sarmae's checkpoints (written at epoch ends, where nothing of an epoch is left to resume). The
-    counter is set here instead, so a resumed run streams each epoch in the order an uninterrupted run used.
+    LitData's own mid-epoch state is not used: Lightning fetches one batch ahead of the step it trains, so that
+    state would resume one batch late, and this LitData version restarts the epoch's stream on resume anyway.
+    Skipping reads the dropped batches once (their samples' seeds and order then match an uninterrupted run).
     """
-    loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_fn,
-                                 pin_memory=torch.cuda.is_available(), drop_last=len(dataset) >= 2 * batch_size)
-    loader.current_epoch = first_epoch  # each pass adds one first: epoch e streams as LitData's epoch e + 1
+
+    skip_batches = 0
+
+    def __iter__(self) -> Any:
+        batches = super().__iter__()
+        skip, self.skip_batches = self.skip_batches, 0
+        for _ in range(skip):
+            next(batches, None)
+        yield from batches
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # resumable through sarmae's checkpoint (epoch and batches trained), see the class docstring
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def streaming_loader(dataset: Any, batch_size: int, workers: int, collate_fn: Any,
+                     position: tuple[int, int] = (0, 0)) -> Any:
+    """LitData's loader (DDP- and worker-aware) starting at ``position`` = (epoch, batches of it trained)."""
+    loader = EpochPositionLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_fn,
+                                 pin_memory=torch.cuda.is_available(), drop_last=len(dataset) >= 2 * batch_size,
+                                 generator=torch.Generator().manual_seed(0))  # worker seeds off the global RNG
+    loader.current_epoch, loader.skip_batches = position  # each pass adds one to the epoch first
     return loader
 
 
-__all__ = ["PACK_INFO", "PackReport", "PackedImages", "pack_images", "packed_images", "stored_pixels",
-           "streaming_loader"]
+__all__ = ["PACK_INFO", "PackReport", "PackedImages", "EpochPositionLoader", "pack_images", "packed_images",
+           "stored_pixels", "streaming_loader"]

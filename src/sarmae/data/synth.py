@@ -63,7 +63,7 @@ from PIL import Image
 
 from sarmae.data.coco import SARDET_CLASSES
 from sarmae.errors import ConfigError, DataError
-from sarmae.files import write_json_atomic
+from sarmae.files import write_json_atomic, writing
 
 SHIP, AIRCRAFT, CAR, TANK, BRIDGE, HARBOR = range(6)
 WATER, LAND, URBAN, PAVED = range(4)  # scene region codes
@@ -974,7 +974,8 @@ def write_dataset(
                 image, labels = generate_image(image_rng(seed, split, i), size, zoom)
                 number = file_number(split, i)
                 name = f"{number:07d}.png"
-                Image.fromarray(image).save(folder / name, compress_level=6)
+                with writing(folder / name):
+                    Image.fromarray(image).save(folder / name, compress_level=6)
                 bar.update(1)
                 if split == "unlabeled":
                     continue

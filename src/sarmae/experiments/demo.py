@@ -36,7 +36,7 @@ from sarmae.data.synth import write_dataset
 from sarmae.errors import ConfigError
 from sarmae.experiments.jobs import Job, run_jobs
 from sarmae.experiments.table import Row, run_pretrain_step, run_row, write_table
-from sarmae.files import atomic_open
+from sarmae.files import atomic_open, writing
 
 PROFILES = {"cpu": "demo/demo.yaml", "gpu": "demo/demo_gpu.yaml"}
 SCRATCH = "- (scratch)"
@@ -339,5 +339,6 @@ def plot_learning_curves(runs: dict[str, list[Path]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with writing(path):
+        fig.savefig(path, dpi=110)
     plt.close(fig)

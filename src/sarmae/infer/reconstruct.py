@@ -20,6 +20,7 @@ from sarmae.data.io import IntensityScaling, read_image  # noqa: E402
 from sarmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from sarmae.data.unlabeled import UnlabeledImages, find_images  # noqa: E402
 from sarmae.errors import CheckpointError, ConfigError, DataError  # noqa: E402
+from sarmae.files import writing  # noqa: E402
 from sarmae.models.checkpoints import open_checkpoint, unwrap_state_dict  # noqa: E402
 from sarmae.models.mae import MaskedAutoencoder, build_mae  # noqa: E402
 
@@ -128,7 +129,8 @@ def draw_figure(
                 ax.set_ylabel(row_names[row], fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
+    with writing(out):
+        fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
 

@@ -268,13 +268,12 @@ def pretrain_sources(cfg: dict) -> list[Path]:
 class PretrainData(L.LightningDataModule):
     """The pre-training batches ``(images [N, 3, S, S], skipped)``, from image files or streamed from
     ``data.shards``. The loader is made when Lightning asks for it, once the DDP processes exist: LitData reads
-    the world size when a dataset is created, and each rank must stream its own part. ``first_epoch`` = epochs
-    already trained; ``position`` = (epoch, batches of it trained) where a resumed run continues."""
+    the world size when a dataset is created, and each rank must stream its own part. ``position`` = (epoch,
+    batches of it trained) where a resumed run continues."""
 
-    def __init__(self, cfg: dict, dataset: Any, first_epoch: int = 0, position: tuple[int, int] | None = None
-                 ) -> None:
+    def __init__(self, cfg: dict, dataset: Any, position: tuple[int, int] | None = None) -> None:
         super().__init__()
-        self.cfg, self.dataset, self.first_epoch, self.position = cfg, dataset, first_epoch, position
+        self.cfg, self.dataset, self.position = cfg, dataset, position
 
     def train_dataloader(self) -> DataLoader:
         data, batch_size = self.cfg["data"], self.cfg["batch_size"]
@@ -282,7 +281,7 @@ class PretrainData(L.LightningDataModule):
             from sarmae.data.shards import streaming_loader
 
             dataset = build_pretrain_dataset(self.cfg)  # this rank's view of the shards
-            return streaming_loader(dataset, batch_size, data["workers"], collate_skip_bad, self.first_epoch)
+            return streaming_loader(dataset, batch_size, data["workers"], collate_skip_bad, self.position or (0, 0))
         loader = resumable_loader(self.dataset, batch_size, seed=self.cfg["seed"], shuffle=data["shuffle"],
                                   workers=data["workers"], collate_fn=collate_skip_bad,
                                   drop_last=len(self.dataset) >= 2 * batch_size)
@@ -385,7 +384,7 @@ def run_pretrain(cfg: dict) -> Path:
                   "with `sarmae reconstruct RUN/weights/last.ckpt IMAGES`)")
     error: BaseException | None = None
     try:
-        trainer.fit(module, datamodule=PretrainData(cfg, dataset, finished, position), ckpt_path=resume,
+        trainer.fit(module, datamodule=PretrainData(cfg, dataset, position), ckpt_path=resume,
                     weights_only=True)
     except SarmaeError as exc:
         stop_dataloader_workers(exc)
