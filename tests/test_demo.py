@@ -209,3 +209,16 @@ def test_an_impossible_demo_plan_stops_before_any_data_is_made(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "cache").exists() and not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--gpus", "0"], "--gpus 0: must be a whole number >= 1"),
+    (["--imagenet-weights", "/nowhere/mae.pth"], "--imagenet-weights /nowhere/mae.pth: no such file"),
+    (["finetune.data.val_split=nosuch"], "nosuch.json: not found"),
+])
+def test_an_impossible_reproduce_plan_stops_before_any_step(tiny_dataset, tmp_path, capsys, extra, message):
+    out = tmp_path / "repro"
+    assert main([*reproduce_args(tiny_dataset, out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # nothing measured, nothing written

@@ -24,8 +24,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 from sarmae.cli import main
 from sarmae.config import load_config
-from sarmae.errors import Stopped
 from sarmae.data.synth import write_dataset
+from sarmae.errors import Stopped
 from sarmae.models.mae import build_mae
 from sarmae.train import pretrain as pretrain_module
 from sarmae.train.pretrain import no_decay, param_groups, peak_lr, run_pretrain, warmup_cosine

@@ -15,7 +15,7 @@ import torch
 
 from sarmae.config import load_config
 from sarmae.data.coco import load_coco_json
-from sarmae.errors import ConfigError
+from sarmae.errors import ConfigError, DataError
 from sarmae.experiments.table import Row, row_marker, run_pretrain_step, run_row, write_table
 from sarmae.experiments.throughput import detection_speed, pretrain_speed
 from sarmae.precision import resolve_precision
@@ -61,6 +61,11 @@ def run_reproduce(
 ) -> dict | None:
     """Print the plan, then run (or resume) every step; returns the per-row metrics."""
     data, out = Path(data), Path(out)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise ConfigError(f"--gpus {gpus}: must be a whole number >= 1 (GPUs per training run)")
+    if imagenet_weights is not None and not Path(imagenet_weights).is_file():
+        raise ConfigError(f"--imagenet-weights {imagenet_weights}: no such file; pass the official MAE checkpoint "
+                          "or leave the ImageNet row out")
     pre_over, fin_over = split_overrides(list(overrides))
     devices = [f"trainer.devices={gpus}"] if torch.cuda.is_available() else []
     pre_over = [f"data.root={data}", *devices, *pre_over]
@@ -70,7 +75,13 @@ def run_reproduce(
 
     pre_cfg = complete_pretrain(load_config(pretrain_config, pre_over))
     fin_cfg = complete_finetune(load_config(finetune_config, fin_over))
+    # The whole plan is checked before anything is measured or written: both splits readable, images to train on.
     n_train = len(load_coco_json(data / "Annotations" / f"{pre_cfg['data']['split']}.json")["images"])
+    val = fin_cfg["data"]["val_split"]
+    if not load_coco_json(data / "Annotations" / f"{val}.json")["images"]:
+        raise DataError(f"{data / 'Annotations' / f'{val}.json'}: no images; the rows are evaluated on this split")
+    if n_train == 0:
+        raise DataError(f"{data / 'Annotations' / (pre_cfg['data']['split'] + '.json')}: no images to train on")
 
     rows = [Row("-", "scratch")]
     if imagenet_weights:
