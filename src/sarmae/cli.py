@@ -168,6 +168,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sarmae.infer.export import export_detector
+
+    report = export_detector(Path(args.checkpoint), args.format, Path(args.out) if args.out else None, args.int8,
+                             args.calib, args.calib_count)
+    print(report.summary())
+    return 0
+
+
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from sarmae.infer.reconstruct import reconstruct
 
@@ -301,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(func=func)
 
     ev = sub.add_parser("evaluate", help="COCO bbox metrics of a detector checkpoint on a dataset split")
-    ev.add_argument("checkpoint", help="detector checkpoint (weights/best.ckpt of a finetune run)")
+    ev.add_argument("checkpoint", help="detector checkpoint (weights/best.ckpt of a finetune run) or exported model")
     ev.add_argument("--data", required=True, help="dataset root")
     ev.add_argument("--split", default="val", help="split name (Annotations/<split>.json)")
     ev.add_argument("--out", default=None,
@@ -312,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="run a detector on images, folders or globs")
-    pr.add_argument("checkpoint", help="detector checkpoint")
+    pr.add_argument("checkpoint", help="detector checkpoint, or a model made by sarmae export (.onnx, .xml)")
     pr.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     pr.add_argument("--out", default=None,
                     help="output folder (predictions.json + rendered images; default: runs/predict/<run name>)")
@@ -332,6 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--full-image-pass", action="store_true",
                     help="also run the whole scene shrunk to one tile, for objects larger than the overlap")
     pr.set_defaults(func=_cmd_predict)
+
+    ex = sub.add_parser(
+        "export", help="the detector as an ONNX / OpenVINO model (optionally INT8) for predict, evaluate, the API",
+        description="Export a fine-tuned detector, image to boxes, scores and labels, with its class names, input "
+        "size, scaling and thresholds in the file's metadata. `sarmae predict MODEL.onnx|MODEL.xml`, `sarmae "
+        "evaluate` and Detector.load(...) run it with ONNX Runtime / OpenVINO (pip install 'sarmae[deploy]').",
+    )
+    ex.add_argument("checkpoint", help="detector checkpoint (weights/best.ckpt or last.ckpt of sarmae finetune)")
+    ex.add_argument("--format", default="onnx", choices=["onnx", "openvino"], help="model format (default onnx)")
+    ex.add_argument("--int8", action="store_true", help="post-training INT8 quantisation, calibrated on --calib")
+    ex.add_argument("--calib", nargs="+", default=None, metavar="IMAGES",
+                    help="calibration images (files, folders or globs; a few dozen of your own chips)")
+    ex.add_argument("--calib-count", type=int, default=32, help="calibration images used at most (default 32)")
+    ex.add_argument("--out", default=None, help="model file (default: beside the checkpoint, .onnx / .xml)")
+    ex.set_defaults(func=_cmd_export)
 
     rc = sub.add_parser("reconstruct", help="MAE reconstruction figure (original | masked | reconstruction)")
     rc.add_argument("checkpoint", help="MAE checkpoint (weights/last.ckpt of a pretrain run)")

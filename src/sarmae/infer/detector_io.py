@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from sarmae.config import get_dotted
-from sarmae.errors import CheckpointError, SarmaeError
+from sarmae.errors import CheckpointError, ConfigError, SarmaeError
 from sarmae.models.checkpoints import open_checkpoint
 from sarmae.models.vitdet import (
     SimpleFeaturePyramid,
@@ -128,6 +128,11 @@ class Detector:
 
     def set_max_dets(self, max_dets: int) -> None:
         """COCO scores up to ``max_dets`` detections per image, so the detector must keep at least that many."""
+        if not isinstance(self.model, torch.nn.Module):  # an exported model: the cap is part of its graph
+            if max_dets > self.configured_dets:
+                raise ConfigError(f"max_dets={max_dets}: this exported model keeps at most {self.configured_dets} "
+                                  "detections per image; score fewer or export again with eval.max_dets raised")
+            return
         set_max_dets(self.model, max_dets, self.configured_dets)
 
     def to(self, device: torch.device | str) -> Detector:
@@ -140,13 +145,20 @@ class Detector:
 
 
 def load_detector(path: Path) -> Detector:
-    """A :class:`Detector` in eval mode from ``weights/best.ckpt`` / ``last.ckpt`` of a finetune run.
+    """A :class:`Detector` in eval mode from ``weights/best.ckpt`` / ``last.ckpt`` of a finetune run, or from a
+    model exported by ``sarmae export`` (``.onnx``, OpenVINO ``.xml``: :mod:`sarmae.infer.runtime`).
 
     The file is memory-mapped, so the optimiser state of a large checkpoint is never read into RAM.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; {ADVICE}")
+    if path.suffix in (".onnx", ".xml"):  # made by `sarmae export`: ONNX Runtime / OpenVINO
+        from sarmae.infer.runtime import RuntimeModel
+
+        model = RuntimeModel(path)
+        meta = model.metadata
+        return Detector(model, meta["cfg"], meta["classes"], int(meta["max_detections"]))  # type: ignore[arg-type]
     ckpt = open_checkpoint(path, mmap=True, missing=ADVICE, advice=ADVICE)
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "classes" not in hparams or "cfg" not in hparams:
