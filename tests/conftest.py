@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -174,3 +175,24 @@ def dies_while_saving(monkeypatch):
             monkeypatch.undo()
 
     return dying
+
+
+@pytest.fixture
+def sigterm_at_step(monkeypatch):
+    """``disarm = sigterm_at_step(module, step)``: the scheduler's SIGTERM lands during optimiser step ``step`` of
+    the training whose module (``sarmae.train.pretrain`` / ``finetune``) calls ``stop_point``; ``disarm()``
+    restores it for the resumed run."""
+    import signal
+
+    def arm(module, step: int):
+        real = module.stop_point
+
+        def stop_point(trainer, batch_idx):
+            if trainer.global_step == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+            real(trainer, batch_idx)
+
+        monkeypatch.setattr(module, "stop_point", stop_point)
+        return lambda: monkeypatch.setattr(module, "stop_point", real)
+
+    return arm

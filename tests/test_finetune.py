@@ -10,7 +10,6 @@ import csv
 import json
 import math
 import os
-import signal
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -295,7 +294,7 @@ def test_resume_continues_exactly(make_coco, tmp_path):
 
 
 def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_equals_an_uninterrupted_one(
-        make_coco, tmp_path, monkeypatch, capsys):
+        make_coco, tmp_path, sigterm_at_step, capsys):
     """Stopped during step 3 (epoch 1, batch 1 of 2): last.ckpt of step 3, then resume=auto == 3 epochs straight,
     including the epoch-1 row whose mean losses span the stop."""
     from sarmae.train import finetune as finetune_module
@@ -303,14 +302,7 @@ def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_equals_an_uninter
 
     root = small_dataset(make_coco, tmp_path / "data")
     straight = small_run(root, tmp_path / "straight", "epochs=3", "data.workers=2")
-    real_stop_point = finetune_module.stop_point
-
-    def sigterm_at_step_3(trainer, batch_idx):
-        if trainer.global_step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        real_stop_point(trainer, batch_idx)
-
-    monkeypatch.setattr(finetune_module, "stop_point", sigterm_at_step_3)
+    disarm = sigterm_at_step(finetune_module, 3)
     run = tmp_path / "stopped"
     with pytest.raises(Stopped, match="stopped by SIGTERM at epoch 1, step 3: saved"):
         small_run(root, run, "epochs=3", "data.workers=2")
@@ -323,7 +315,7 @@ def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_equals_an_uninter
     assert f"step 3: saved {tmp_path / 'cli' / 'weights' / 'last.ckpt'}; run the same command with resume=auto" in err
     ckpt = torch.load(run / "weights" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3 and resume_position(ckpt) == (1, 1)
-    monkeypatch.setattr(finetune_module, "stop_point", real_stop_point)
+    disarm()
     small_run(root, run, "epochs=3", "data.workers=2", "resume=auto")
     timing = {"images_per_s"}
     rows, ref = read_csv(run / "metrics.csv"), read_csv(straight / "metrics.csv")

@@ -167,18 +167,10 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_equals_an_uninterrupted_one(
-        unlabeled, tmp_path, monkeypatch, workers):
+        unlabeled, tmp_path, sigterm_at_step, workers):
     common = ("epochs=2", f"data.workers={workers}", "data.random_resized_crop=true")
     a = pretrain(unlabeled, tmp_path / "A", *common)
-
-    real_stop_point = pretrain_module.stop_point
-
-    def sigterm_at_step_6(trainer, batch_idx):  # the scheduler's SIGTERM lands during step 6 (epoch 1, batch 2)
-        if trainer.global_step == 6:
-            os.kill(os.getpid(), signal.SIGTERM)
-        real_stop_point(trainer, batch_idx)
-
-    monkeypatch.setattr(pretrain_module, "stop_point", sigterm_at_step_6)
+    disarm = sigterm_at_step(pretrain_module, 6)  # step 6 of 8: epoch 1, batch 2
     handler = signal.getsignal(signal.SIGTERM)
     b = tmp_path / "B"
     with pytest.raises(Stopped) as stopped:
@@ -190,7 +182,7 @@ def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_equals_an_uninter
     assert ckpt["global_step"] == 6 and resume_position(ckpt) == (1, 2)  # mid-epoch, not the epoch-0 checkpoint
     assert [int(r["step"]) for r in read_rows(b)] == [1, 2, 3, 4, 5, 6]  # the rows up to the checkpoint
 
-    monkeypatch.setattr(pretrain_module, "stop_point", real_stop_point)
+    disarm()
     pretrain(unlabeled, b, *common, "resume=auto")
     assert_same_run(a, b)
 

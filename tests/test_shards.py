@@ -134,11 +134,9 @@ def test_killed_run_from_shards_resumes_on_the_same_curve(chips, tmp_path, dies_
     assert len(set(straight[1:5]) & set(straight[5:9])) == 0  # the epochs differ (a replayed epoch would not)
 
 
-def test_sigterm_mid_epoch_from_shards_resumes_at_that_step(chips, tmp_path, monkeypatch):
+def test_sigterm_mid_epoch_from_shards_resumes_at_that_step(chips, tmp_path, sigterm_at_step):
     """SIGTERM during step 6 of 12 (epoch 1, batch 2): LitData's loader position and the RNG go into last.ckpt, and
     the resumed run streams the rest of epoch 1 as the uninterrupted run did (same loss curve)."""
-    import signal
-
     from sarmae.config import load_config
     from sarmae.errors import Stopped
     from sarmae.train import pretrain as pretrain_module
@@ -152,15 +150,8 @@ def test_sigterm_mid_epoch_from_shards_resumes_at_that_step(chips, tmp_path, mon
         return [",".join(r.split(",")[:4]) for r in (out / "metrics.csv").read_text().splitlines()]
 
     straight = run(tmp_path / "straight")
-    real_stop_point = pretrain_module.stop_point
-
-    def sigterm_at_step_6(trainer, batch_idx):
-        if trainer.global_step == 6:
-            os.kill(os.getpid(), signal.SIGTERM)
-        real_stop_point(trainer, batch_idx)
-
-    monkeypatch.setattr(pretrain_module, "stop_point", sigterm_at_step_6)
+    disarm = sigterm_at_step(pretrain_module, 6)
     with pytest.raises(Stopped, match="epoch 1, step 6"):
         run(tmp_path / "stopped")
-    monkeypatch.setattr(pretrain_module, "stop_point", real_stop_point)
+    disarm()
     assert run(tmp_path / "stopped", "resume=auto") == straight

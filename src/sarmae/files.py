@@ -63,35 +63,14 @@ def _size(path: Path) -> int:
 
 
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """``with atomic_open(path, "wb") as f: ...``: ``f`` writes a temporary file that replaces ``path`` on success."""
+def _replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; on success it is fsynced and replaces ``path``, on any error it
+    is removed (a full disk: :class:`~sarmae.errors.DiskFullError`) and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:
-        written = _size(tmp)
-        tmp.unlink(missing_ok=True)  # first: the free space reported is what the user has
-        full = disk_full_error(exc, path, written)
-        if full is None:
-            raise
-        raise full from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """For writers that take a file name (safetensors): ``write(tmp)`` then ``os.replace(tmp, path)``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -104,7 +83,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
         raise full from None
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """``with atomic_open(path, "wb") as f: ...``: ``f`` writes a temporary file that replaces ``path`` on success."""
+    with _replacing(path) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """For writers that take a file name (safetensors): ``write(tmp)`` then ``os.replace(tmp, path)``."""
+    with _replacing(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 @contextmanager
