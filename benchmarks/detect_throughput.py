@@ -88,39 +88,36 @@ def runtime_speeds(config: str, runtimes: list[str], steps: int) -> dict[str, fl
     """Seconds per image of the config's detector (random weights) exported for each of ``runtimes``."""
     import numpy as np
 
-    from sarmae.infer.detector_io import Detector
-    from sarmae.infer.export import export_onnx, metadata_of, quantise_onnx, to_openvino
-    from sarmae.infer.runtime import RuntimeModel
-    from sarmae.train.finetune import finetune_config
+    from sarmae.infer.detector_io import load_detector
+    from sarmae.infer.export import export_model, metadata_of
 
-    cfg = finetune_config(load_config(config))
-    classes = {"names": [f"c{i}" for i in range(6)], "label_to_cat_id": {i + 1: i + 1 for i in range(6)}}
-    detector = Detector.build(cfg, classes)
-    size = int(cfg["model"]["img_size"])
+    detector = untrained_detector(config)
+    size = int(detector.cfg["model"]["img_size"])
     rng = np.random.default_rng(0)
     calibration = [rng.random((1, 3, size, size), dtype=np.float32) for _ in range(4)]
     image = torch.from_numpy(calibration[0][0])
     speeds = {}
     with tempfile.TemporaryDirectory() as tmp:
-        meta = metadata_of(detector, Path(f"{config}.ckpt"))
-        fp32 = export_onnx(detector, Path(tmp) / "model.onnx", meta)
-        int8 = None
-        if any(r.endswith("int8") for r in runtimes):
-            int8 = Path(tmp) / "model-int8.onnx"
-            quantise_onnx(fp32, int8, calibration, meta)
-        files = {"onnx": fp32, "onnx-int8": int8}
-        if "openvino" in runtimes:
-            files["openvino"] = to_openvino(fp32, Path(tmp) / "model.xml", meta)
-        if "openvino-int8" in runtimes:
-            files["openvino-int8"] = to_openvino(int8, Path(tmp) / "model-int8.xml", meta)
         for runtime in runtimes:
-            model = RuntimeModel(files[runtime])
+            fmt, _, int8 = runtime.partition("-")
+            path = Path(tmp) / f"{runtime}{'.onnx' if fmt == 'onnx' else '.xml'}"
+            export_model(detector, path, fmt, calibration if int8 else [], metadata_of(detector, Path(config)))
+            model = load_detector(path).model
             model([image])  # warm-up (OpenVINO compiles its kernels for the shape on first use)
             start = time.perf_counter()
             for _ in range(steps):
                 model([image])
             speeds[runtime] = (time.perf_counter() - start) / steps
     return speeds
+
+
+def untrained_detector(config: str):
+    """The config's detector with random weights, as a checkpoint of it would load (7 classes)."""
+    from sarmae.infer.detector_io import Detector
+    from sarmae.train.finetune import finetune_config
+
+    classes = {"names": [f"c{i}" for i in range(6)], "label_to_cat_id": {i + 1: i + 1 for i in range(6)}}
+    return Detector.build(finetune_config(load_config(config)), classes)
 
 
 def cpu_features() -> str:

@@ -211,6 +211,29 @@ def calibration_images(inputs: list[str], detector: Detector, count: int) -> lis
     return images
 
 
+def export_model(detector: Detector, out: Path, fmt: str, calibration: list[np.ndarray], metadata: dict
+                 ) -> tuple[int, list[str]]:
+    """Write ``detector`` to ``out`` as ``fmt`` (onnx | openvino), INT8 when ``calibration`` images are given;
+    returns (layers quantised, op types left float)."""
+    int8 = bool(calibration)
+    onnx_path = out if fmt == "onnx" and not int8 else out.with_name(out.stem + ".float.onnx")
+    quantised, floats = 0, []
+    try:
+        export_onnx(detector, onnx_path, metadata)
+        if int8:
+            target = out if fmt == "onnx" else out.with_name(out.stem + ".int8.onnx")
+            quantised, floats = quantise_onnx(onnx_path, target, calibration, metadata)
+            if fmt == "openvino":
+                to_openvino(target, out, metadata)
+                target.unlink(missing_ok=True)
+        elif fmt == "openvino":
+            to_openvino(onnx_path, out, metadata)
+    finally:
+        if onnx_path != out:
+            onnx_path.unlink(missing_ok=True)
+    return quantised, floats
+
+
 def export_detector(checkpoint: Path, fmt: str = "onnx", out: Path | None = None, int8: bool = False,
                     calib: list[str] | None = None, calib_count: int = 32) -> ExportReport:
     """Export the detector of ``checkpoint`` (a ``sarmae finetune`` checkpoint) as ``fmt`` (onnx | openvino);
@@ -233,23 +256,9 @@ def export_detector(checkpoint: Path, fmt: str = "onnx", out: Path | None = None
         raise ConfigError(f"--out {out}: a {fmt} model file ends in {suffix}")
     metadata = metadata_of(detector, checkpoint)
     calibration = calibration_images(calib or [], detector, calib_count) if int8 else []
-    onnx_path = out if fmt == "onnx" and not int8 else out.with_name(out.stem + ".float.onnx")
-    try:
-        export_onnx(detector, onnx_path, metadata)
-        quantised, floats = 0, []
-        if int8:
-            target = out if fmt == "onnx" else out.with_name(out.stem + ".int8.onnx")
-            quantised, floats = quantise_onnx(onnx_path, target, calibration, metadata)
-            if fmt == "openvino":
-                to_openvino(target, out, metadata)
-                target.unlink(missing_ok=True)
-        elif fmt == "openvino":
-            to_openvino(onnx_path, out, metadata)
-    finally:
-        if onnx_path != out:
-            onnx_path.unlink(missing_ok=True)
+    quantised, floats = export_model(detector, out, fmt, calibration, metadata)
     return ExportReport(out, metadata, time.perf_counter() - started, quantised, floats)
 
 
-__all__ = ["FORMATS", "ExportReport", "calibration_images", "export_detector", "export_onnx", "metadata_of",
-           "quantise_onnx", "to_openvino"]
+__all__ = ["FORMATS", "ExportReport", "calibration_images", "export_detector", "export_model", "export_onnx",
+           "metadata_of", "quantise_onnx", "to_openvino"]
