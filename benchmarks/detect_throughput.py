@@ -23,7 +23,7 @@ import torch
 
 from sarmae.config import load_config
 from sarmae.experiments.throughput import detection_speed, random_detection_batch
-from sarmae.infer.detector_io import inference_model, native_bf16
+from sarmae.infer.detector_io import Detector, inference_model, native_bf16
 from sarmae.models.vitdet import build_detector, keep_boxes_float32
 from sarmae.precision import benchmark_precisions
 
@@ -111,9 +111,8 @@ def runtime_speeds(config: str, runtimes: list[str], steps: int) -> dict[str, fl
     return speeds
 
 
-def untrained_detector(config: str):
+def untrained_detector(config: str) -> Detector:
     """The config's detector with random weights, as a checkpoint of it would load (7 classes)."""
-    from sarmae.infer.detector_io import Detector
     from sarmae.train.finetune import finetune_config
 
     classes = {"names": [f"c{i}" for i in range(6)], "label_to_cat_id": {i + 1: i + 1 for i in range(6)}}

@@ -215,6 +215,19 @@ def alive(pids: list[int]) -> list[int]:
             and Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"]
 
 
+def test_sigterm_in_the_last_step_of_an_epoch_stops_after_its_checkpoint(unlabeled, tmp_path, sigterm_at_step):
+    """Step 4 is epoch 0's last: the epoch ends as usual (its checkpoint), then the run stops; resume == straight."""
+    a = pretrain(unlabeled, tmp_path / "A", "epochs=2")
+    disarm = sigterm_at_step(pretrain_module, 4)
+    b = tmp_path / "B"
+    with pytest.raises(Stopped, match="at epoch 0, step 4: saved"):
+        pretrain(unlabeled, b, "epochs=2")
+    assert resume_position(load_ckpt(b / "weights" / "last.ckpt")) == (1, 0)
+    disarm()
+    pretrain(unlabeled, b, "epochs=2", "resume=auto")
+    assert_same_run(a, b)
+
+
 def test_sigterm_to_sarmae_pretrain_while_it_trains(unlabeled, tmp_path):
     """The steady state: SIGTERM once steps are running (loader workers alive) ends the command within 10 s with
     exit 143, no process left and a checkpoint of its last step; the same command then finishes the run, equal to

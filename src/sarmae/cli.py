@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk outside the atomic writers (images, figures, tables): still one line
-        full = disk_full_error(exc, exc.filename)
+        full = disk_full_error(exc, exc.filename, atomic=False)
         if full is None:
             raise
         print(f"error: {full}", file=sys.stderr)

@@ -21,8 +21,9 @@ class DiskFullError(SarmaeError):
     """The file system ran out of space while a file was written (the previous version of the file is intact)."""
 
 
-class Stopped(KeyboardInterrupt):
+class Stopped(BaseException):  # noqa: N818 (a stop, not an error)
     """A command stopped by a signal (SIGTERM from a scheduler, SIGINT from Ctrl-C): the CLI exits 128 + signum.
+    (Lightning would turn a KeyboardInterrupt into exit 1.)
 
     ``message`` says what was kept (e.g. the checkpoint a training run wrote) and how to continue.
     """

@@ -30,20 +30,33 @@ def _megabytes(n: int) -> str:
     return f"{n / 2**20:,.1f} MB"
 
 
-def disk_full_error(exc: BaseException, path: Path | None, written: int = 0) -> DiskFullError | None:
-    """A :class:`DiskFullError` if ``exc`` is a full disk or quota while writing ``path`` (None: unknown file;
-    ``written`` bytes had gone into it before it failed), else None."""
+def is_disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether ``exc`` (raised while writing into ``folder``) is a full disk or quota. Writers that lose the OS
+    error's number (torch's zip writer, safetensors) count when their message says so or the disk is nearly full;
+    call it before removing the unfinished file, whose bytes are part of the evidence."""
     if isinstance(exc, OSError) and exc.errno in FULL:
-        pass
-    elif not (isinstance(exc, RuntimeError) and any(text in str(exc) for text in TORCH_WRITE_FAILED)):
-        return None
+        return True
+    text = str(exc)
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return True
+    return any(t in text for t in TORCH_WRITE_FAILED) and shutil.disk_usage(_existing(folder)).free < LOW_SPACE
+
+
+def disk_full_error(exc: BaseException, path: Path | None, written: int = 0, atomic: bool = True
+                    ) -> DiskFullError | None:
+    """A :class:`DiskFullError` if ``exc`` is a full disk or quota while writing ``path`` (None: unknown file;
+    ``written`` bytes had gone into it before it failed; ``atomic``: the previous file was not touched), else
+    None."""
     path = Path(path) if path is not None else None
-    parents = [path.parent, *path.parents] if path is not None else []
-    folder = next((p for p in parents if p.exists()), Path.cwd())
-    free = shutil.disk_usage(folder).free
-    if not (isinstance(exc, OSError) or free < LOW_SPACE):
+    folder = _existing(path.parent if path is not None else Path.cwd())
+    if not is_disk_full(exc, folder):
         return None
-    previous = path.stat().st_size if path is not None and path.is_file() else 0
+    return _disk_full(path, folder, written, atomic)
+
+
+def _disk_full(path: Path | None, folder: Path, written: int, atomic: bool) -> DiskFullError:
+    free = shutil.disk_usage(folder).free
+    previous = path.stat().st_size if atomic and path is not None and path.is_file() else 0
     need = ""
     if previous or written:
         need = f", it needs about {_megabytes(previous)}" if previous >= written else \
@@ -53,6 +66,10 @@ def disk_full_error(exc: BaseException, path: Path | None, written: int = 0) -> 
         f"{need}); " + ("the previous file is intact; " if previous else "")
         + "free some space or write elsewhere (out=...)"
     )
+
+
+def _existing(folder: Path) -> Path:
+    return next((p for p in [folder, *folder.parents] if p.exists()), Path.cwd())
 
 
 def _size(path: Path) -> int:
@@ -74,13 +91,12 @@ def _replacing(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:
-        written = _size(tmp)
+    except Exception as exc:
+        full, written = is_disk_full(exc, path.parent), _size(tmp)
         tmp.unlink(missing_ok=True)  # first: the free space reported is what the user has
-        full = disk_full_error(exc, path, written)
-        if full is None:
+        if not full:
             raise
-        raise full from None
+        raise _disk_full(path, _existing(path.parent), written, atomic=True) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -105,8 +121,8 @@ def writing(path: str | Path) -> Iterator[None]:
     :class:`~sarmae.errors.DiskFullError` line naming ``path``."""
     try:
         yield
-    except (OSError, RuntimeError) as exc:
-        full = disk_full_error(exc, Path(path))
+    except Exception as exc:
+        full = disk_full_error(exc, Path(path), atomic=False)
         if full is None:
             raise
         raise full from None

@@ -77,7 +77,7 @@ class EpochOrder(DistributedSampler):
         else:
             order = list(range(self.size))
         share = math.ceil(self.size / world)
-        order += order[: share * world - self.size]  # equal shares: repeat the first positions
+        order = (order * math.ceil(share * world / max(1, self.size)))[: share * world]  # equal shares: repeat
         mine = order[rank::world]
         start = 0
         if self._skip is not None and self._skip[0] == self.epoch:
@@ -102,7 +102,7 @@ class SeededSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Any:
         sample_seed, index = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
+            torch.default_generator.manual_seed(sample_seed)  # the CPU generator only (manual_seed seeds CUDA too)
             return self.dataset[index]
 
     def __getattr__(self, name: str) -> Any:

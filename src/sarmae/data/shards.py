@@ -151,7 +151,7 @@ class PackedImages(StreamingDataset):
         k = self.global_index + (self.worker_env.rank << 32 if self.worker_env is not None else 0)
         rank = self.distributed_env.global_rank if self.distributed_env is not None else 0
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, self.current_epoch - 1, rank, k))
+            torch.default_generator.manual_seed(sample_seed(self.seed, self.current_epoch - 1, rank, k))
             return super().__next__()
 
     def __getitem__(self, index: Any) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sarmae.errors import raise_stopped
+from sarmae.errors import Stopped, raise_stopped
 
 
 @dataclass
@@ -75,9 +75,11 @@ def _in_subprocess(fn: Callable[..., Any], kwargs: dict[str, Any], threads: int,
     with open(out / "log.txt", "a", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
         try:
             return fn(**kwargs)
-        except KeyboardInterrupt as stop:  # Stopped (SIGTERM, or SIGINT while training) or Ctrl-C
+        except (Stopped, KeyboardInterrupt) as stop:  # SIGTERM, or Ctrl-C
             print(getattr(stop, "message", "") or "stopped", flush=True)
             signum = getattr(stop, "signum", signal.SIGINT)
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # an idle worker just ends when the pool is stopped
     os._exit(128 + signum)
 
 

@@ -224,8 +224,10 @@ def export_model(detector: Detector, out: Path, fmt: str, calibration: list[np.n
             target = out if fmt == "onnx" else out.with_name(out.stem + ".int8.onnx")
             quantised, floats = quantise_onnx(onnx_path, target, calibration, metadata)
             if fmt == "openvino":
-                to_openvino(target, out, metadata)
-                target.unlink(missing_ok=True)
+                try:
+                    to_openvino(target, out, metadata)
+                finally:
+                    target.unlink(missing_ok=True)
         elif fmt == "openvino":
             to_openvino(onnx_path, out, metadata)
     finally:

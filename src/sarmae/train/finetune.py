@@ -158,6 +158,9 @@ class ViTDetFinetuning(SavesRngState, L.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
         return loss
 
+    def on_train_start(self) -> None:
+        self._tic = time.perf_counter()  # (a run resumed mid-epoch skips on_train_epoch_start)
+
     def on_train_epoch_start(self) -> None:
         self._tic = time.perf_counter()
 

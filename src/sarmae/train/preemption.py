@@ -62,8 +62,15 @@ class Preemption(Callback):
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)  # None: set from C
         self._previous = {}
+
+    def requested(self, trainer: L.Trainer) -> bool:
+        """Whether a signal came, on any rank (every rank must call it at the same point: a collective)."""
+        flagged = self.signum is not None
+        if trainer.world_size > 1:
+            flagged = trainer.strategy.reduce_boolean_decision(flagged, all=False)
+        return flagged
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
@@ -73,28 +80,38 @@ class Preemption(Callback):
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kw: Any
                                 ) -> None:
-        if self.signum is not None and trainer.state.fn == "fit":
-            raise StopTraining(self.signum, None, trainer.current_epoch, trainer.global_step)
+        if trainer.state.fn == "fit" and self.requested(trainer):  # (every rank runs the same validation batches)
+            raise StopTraining(self.signum or signal.SIGTERM, None, trainer.current_epoch, trainer.global_step)
+
+
+def _preemption(trainer: L.Trainer) -> Preemption | None:
+    return next((c for c in trainer.callbacks if isinstance(c, Preemption)), None)
 
 
 def stop_point(trainer: L.Trainer, batch_idx: int) -> None:
     """If a signal came (on any rank): write ``weights/last.ckpt`` of the step just finished and stop training.
 
-    Call it last in the module's ``on_train_batch_end``; steps that only accumulate gradients are not stop points.
+    Call it last in the module's ``on_train_batch_end``; steps that only accumulate gradients are not stop points,
+    nor is an epoch's last step: the epoch then ends as usual (validation, its checkpoint) and
+    :func:`stop_after_checkpoint` stops there, since a checkpoint of an epoch's last batch would resume into
+    the next epoch without the first one's end.
     """
-    preemption = next((c for c in trainer.callbacks if isinstance(c, Preemption)), None)
-    if preemption is None:
+    preemption = _preemption(trainer)
+    if preemption is None or trainer.is_last_batch or (batch_idx + 1) % trainer.accumulate_grad_batches:
         return
-    if (batch_idx + 1) % trainer.accumulate_grad_batches and not trainer.is_last_batch:
-        return  # gradients of this optimiser step are still being accumulated
-    requested = preemption.signum is not None
-    if trainer.world_size > 1:
-        requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-    if not requested:
+    if not preemption.requested(trainer):
         return
     trainer.save_checkpoint(preemption.last_path, weights_only=False)  # every rank: a barrier; rank 0 writes
     raise StopTraining(preemption.signum or signal.SIGTERM, preemption.last_path, trainer.current_epoch,
                        trainer.global_step)
 
 
-__all__ = ["Preemption", "StopTraining", "stop_point"]
+def stop_after_checkpoint(trainer: L.Trainer, checkpoint: Path) -> None:
+    """At an epoch end, after its checkpoint was written: stop if a signal came (on any rank)."""
+    preemption = _preemption(trainer)
+    if preemption is not None and preemption.requested(trainer):
+        raise StopTraining(preemption.signum or signal.SIGTERM, checkpoint, trainer.current_epoch,
+                           trainer.global_step)
+
+
+__all__ = ["Preemption", "StopTraining", "stop_after_checkpoint", "stop_point"]

@@ -162,6 +162,7 @@ class MAEPretraining(SavesRngState, L.LightningModule):
 
     def on_train_start(self) -> None:
         self._stepped_at = self.global_step
+        self._tic = time.perf_counter()  # (a run resumed mid-epoch skips on_train_epoch_start)
         ocfg = self.cfg["optim"]
         rule = "" if ocfg["lr"] else f" = blr {ocfg['blr']:g} x {self.effective_batch} / {ocfg['base_batch']}"
         report(self.trainer, f"effective batch {self.effective_batch}, peak lr {self.peak_lr:.4g}{rule}")

@@ -16,6 +16,7 @@ optimiser, schedule, loop counters, data position and every RNG restored.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import random
@@ -38,7 +39,7 @@ from sarmae.errors import CheckpointError, ConfigError, SarmaeError
 from sarmae.files import atomic_open, atomic_write
 from sarmae.models.checkpoints import open_checkpoint
 from sarmae.precision import resolve_precision
-from sarmae.train.preemption import Preemption
+from sarmae.train.preemption import Preemption, stop_after_checkpoint
 
 
 def adamw(groups: list[dict], lr: float, betas: tuple[float, float], cfg: dict) -> torch.optim.AdamW:
@@ -180,6 +181,8 @@ class EpochCheckpoints(Checkpoint):
         epoch = trainer.current_epoch + 1
         if self.every > 0 and epoch % self.every == 0 and trainer.is_global_zero:
             atomic_write(self.dirpath / f"epoch{epoch:03d}.ckpt", lambda tmp: shutil.copyfile(self.last_path, tmp))
+        if epoch < trainer.max_epochs:
+            stop_after_checkpoint(trainer, self.last_path)  # a signal during the epoch's last step
 
 
 # -- RNG ----------------------------------------------------------------------------------------------
@@ -283,7 +286,8 @@ class CsvMetrics(Callback):
         self.flush(trainer, pl_module)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self.flush(trainer, pl_module)  # rows past the checkpoint a resumed run starts from are dropped then
+        with contextlib.suppress(OSError):  # (a full disk must not replace the error being reported)
+            self.flush(trainer, pl_module)  # rows past the checkpoint a resumed run starts from are dropped then
 
 
 def _as_int(text: str | None) -> int:
