@@ -25,7 +25,7 @@ from timm.models.vision_transformer import VisionTransformer
 from sarmae.cli import main
 from sarmae.config import load_config
 from sarmae.data.synth import write_dataset
-from sarmae.errors import Stopped
+from sarmae.errors import CheckpointError, Stopped
 from sarmae.models.mae import build_mae
 from sarmae.train import pretrain as pretrain_module
 from sarmae.train.pretrain import no_decay, param_groups, peak_lr, run_pretrain, warmup_cosine
@@ -183,6 +183,8 @@ def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_equals_an_uninter
     assert [int(r["step"]) for r in read_rows(b)] == [1, 2, 3, 4, 5, 6]  # the rows up to the checkpoint
 
     disarm()
+    with pytest.raises(CheckpointError, match="stopped in the middle of epoch 1 with batch_size=8; resume with that"):
+        pretrain(unlabeled, b, *common, "resume=auto", "batch_size=4")  # the position counts batches of 8
     pretrain(unlabeled, b, *common, "resume=auto")
     assert_same_run(a, b)
 

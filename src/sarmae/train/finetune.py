@@ -304,7 +304,7 @@ def run_finetune(cfg: dict) -> Path:
         note = f"resuming {resume} after {finished} of {cfg['epochs']} epochs"
         if finished >= int(cfg["epochs"]):
             note += f" (nothing left to train: pass epochs=N with N > {finished} to continue)"
-        epoch, batches = resume_position(read_checkpoint_header(resume))
+        epoch, batches = resume_position(read_checkpoint_header(resume), cfg, resume)
         train_loader.sampler.resume_at(epoch, batches * cfg["batch_size"])
         if batches:
             note = f"resuming {resume} in epoch {epoch} after {batches} of its batches"

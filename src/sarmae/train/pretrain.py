@@ -364,7 +364,7 @@ def run_pretrain(cfg: dict) -> Path:
         ExportEncoder(run_dir),
     ]
     trainer = build_trainer(cfg, run_dir, callbacks)
-    position = resume_position(read_checkpoint_header(resume)) if resume else None
+    position = resume_position(read_checkpoint_header(resume), cfg, resume) if resume else None
     if trainer.is_global_zero:
         if position and position[1]:
             note = f"resuming {resume} in epoch {position[0]} after {position[1]} of its batches"

@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, T
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from sarmae.config import save_config
+from sarmae.config import get_dotted, save_config
 from sarmae.errors import CheckpointError, ConfigError, SarmaeError
 from sarmae.files import atomic_open, atomic_write
 from sarmae.models.checkpoints import open_checkpoint
@@ -124,15 +124,24 @@ def read_checkpoint_header(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def resume_position(ckpt: dict[str, Any]) -> tuple[int, int]:
+def resume_position(ckpt: dict[str, Any], cfg: dict | None = None, path: Path | None = None) -> tuple[int, int]:
     """(epoch to continue, batches of it already trained) of a training checkpoint: (N, 0) after N whole epochs,
-    (N, k) when it was written after batch k of epoch N (a preemption)."""
+    (N, k) when it was written after batch k of epoch N (a preemption). Such a position counts batches, so with
+    ``cfg`` a mid-epoch resume must keep the stopped run's ``batch_size`` and ``trainer.accumulate``."""
     loop = ckpt.get("loops", {}).get("fit_loop", {})
     epochs = loop.get("epoch_progress", {}).get("current", {})
     finished = int(epochs.get("processed", 0))
     if int(epochs.get("started", 0)) <= finished:
         return finished, 0  # saved at an epoch end: the next epoch starts from its beginning
-    return finished, int(loop.get("epoch_loop.batch_progress", {}).get("current", {}).get("processed", 0))
+    batches = int(loop.get("epoch_loop.batch_progress", {}).get("current", {}).get("processed", 0))
+    theirs = (ckpt.get("hyper_parameters") or {}).get("cfg") or {}
+    for key in ("batch_size", "trainer.accumulate") if cfg is not None else ():
+        if get_dotted(theirs, key) != get_dotted(cfg, key):
+            raise CheckpointError(
+                f"checkpoint {path}: stopped in the middle of epoch {finished} with {key}={get_dotted(theirs, key)}; "
+                f"resume with that value (not {get_dotted(cfg, key)}), or from an epoch-end checkpoint"
+            )
+    return finished, batches
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
