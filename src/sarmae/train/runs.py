@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, T
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from sarmae.config import get_dotted, save_config
+from sarmae.config import save_config
 from sarmae.errors import CheckpointError, ConfigError, SarmaeError
 from sarmae.files import atomic_open, atomic_write
 from sarmae.models.checkpoints import open_checkpoint
@@ -134,13 +134,15 @@ def resume_position(ckpt: dict[str, Any], cfg: dict | None = None, path: Path | 
     if int(epochs.get("started", 0)) <= finished:
         return finished, 0  # saved at an epoch end: the next epoch starts from its beginning
     batches = int(loop.get("epoch_loop.batch_progress", {}).get("current", {}).get("processed", 0))
-    theirs = (ckpt.get("hyper_parameters") or {}).get("cfg") or {}
-    for key in ("batch_size", "trainer.accumulate") if cfg is not None else ():
-        if get_dotted(theirs, key) != get_dotted(cfg, key):
-            raise CheckpointError(
-                f"checkpoint {path}: stopped in the middle of epoch {finished} with {key}={get_dotted(theirs, key)}; "
-                f"resume with that value (not {get_dotted(cfg, key)}), or from an epoch-end checkpoint"
-            )
+    if cfg is not None:
+        theirs = (ckpt.get("hyper_parameters") or {}).get("cfg") or {}
+        shapes = {"batch_size": (theirs.get("batch_size"), cfg["batch_size"]),
+                  "trainer.accumulate": ((theirs.get("trainer") or {}).get("accumulate"), cfg["trainer"]["accumulate"])}
+        for key, (stopped, now) in shapes.items():
+            if stopped != now:
+                raise CheckpointError(f"checkpoint {path}: stopped in the middle of epoch {finished} with "
+                                      f"{key}={stopped}; resume with that value (not {now}), or from an epoch-end "
+                                      "checkpoint")
     return finished, batches
 
 
