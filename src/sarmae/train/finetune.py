@@ -265,8 +265,9 @@ def detection_datasets(cfg: dict) -> tuple[CocoDetection, CocoDetection]:
 # -- the command ----------------------------------------------------------------------------------------
 
 
-def check_resume(path: Path, module: ViTDetFinetuning) -> int:
-    """Refuse a damaged checkpoint, another architecture or other classes with one line; return finished epochs."""
+def check_resume(path: Path, module: ViTDetFinetuning) -> tuple[int, int]:
+    """Refuse a damaged checkpoint, another architecture or other classes with one line; return where to continue
+    (:func:`resume_position`: epoch, batches of it trained)."""
     ckpt = read_checkpoint_header(path)
     theirs, ours = ckpt["state_dict"], module.state_dict()
     for key, value in ours.items():
@@ -282,8 +283,7 @@ def check_resume(path: Path, module: ViTDetFinetuning) -> int:
             f"checkpoint {path}: trained for classes {classes.get('names')}, the dataset has "
             f"{module.classes['names']}; resume on the same dataset or start a new run (another out=)"
         )
-    progress = (ckpt.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
-    return int(progress.get("processed", ckpt.get("epoch", 0)))
+    return resume_position(ckpt, module.cfg, path)
 
 
 def run_finetune(cfg: dict) -> Path:
@@ -300,11 +300,10 @@ def run_finetune(cfg: dict) -> Path:
                                     seed=cfg["seed"], shuffle=True, workers=cfg["data"]["workers"],
                                     collate_fn=collate_detection)
     if resume is not None:
-        finished = check_resume(resume, module)
-        note = f"resuming {resume} after {finished} of {cfg['epochs']} epochs"
-        if finished >= int(cfg["epochs"]):
-            note += f" (nothing left to train: pass epochs=N with N > {finished} to continue)"
-        epoch, batches = resume_position(read_checkpoint_header(resume), cfg, resume)
+        epoch, batches = check_resume(resume, module)
+        note = f"resuming {resume} after {epoch} of {cfg['epochs']} epochs"
+        if epoch >= int(cfg["epochs"]):
+            note += f" (nothing left to train: pass epochs=N with N > {epoch} to continue)"
         train_loader.sampler.resume_at(epoch, batches * cfg["batch_size"])
         if batches:
             note = f"resuming {resume} in epoch {epoch} after {batches} of its batches"

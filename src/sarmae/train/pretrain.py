@@ -229,8 +229,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
-def check_resume(path: Path, module: MAEPretraining) -> int:
-    """Refuse a damaged checkpoint or one of another architecture with one line; return its finished epochs."""
+def check_resume(path: Path, module: MAEPretraining) -> tuple[int, int]:
+    """Refuse a damaged checkpoint or one of another architecture with one line; return where to continue
+    (:func:`resume_position`: epoch, batches of it trained)."""
     ckpt = read_checkpoint_header(path)
     theirs, ours = ckpt["state_dict"], module.state_dict()
     for key, value in ours.items():
@@ -243,8 +244,7 @@ def check_resume(path: Path, module: MAEPretraining) -> int:
                 f"checkpoint {path}: {key} is {tuple(theirs[key].shape)} there, {tuple(value.shape)} with this "
                 "config; resume with the model settings of that run (its config.yaml)"
             )
-    progress = (ckpt.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
-    return int(progress.get("processed", ckpt.get("epoch", 0)))
+    return resume_position(ckpt, module.cfg, path)
 
 
 def pretrain_sources(cfg: dict) -> list[Path]:
@@ -357,14 +357,14 @@ def run_pretrain(cfg: dict) -> Path:
     resume = resolve_resume(cfg, run_dir)
     dataset = build_pretrain_dataset(cfg)
     module = MAEPretraining(cfg)
-    finished = check_resume(resume, module) if resume else 0
+    position = check_resume(resume, module) if resume else None  # (epoch, batches of it trained)
+    finished = position[0] if position else 0
     callbacks = [
         CsvMetrics(run_dir / "metrics.csv", METRIC_COLUMNS),
         ReconstructionFigures(cfg, run_dir),
         ExportEncoder(run_dir),
     ]
     trainer = build_trainer(cfg, run_dir, callbacks)
-    position = resume_position(read_checkpoint_header(resume), cfg, resume) if resume else None
     if trainer.is_global_zero:
         if position and position[1]:
             note = f"resuming {resume} in epoch {position[0]} after {position[1]} of its batches"
