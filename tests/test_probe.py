@@ -1,5 +1,6 @@
 """Linear probes on frozen encoder features (``sarmae.experiments.probe``): outputs, a known-good encoder beating
-random init, run folder == bare file, one-line errors, and the metric helpers against hand-computed values.
+random init, run folder == bare file, one-line errors, and the probe fits on planted toy problems (the fitted models
+minimise the documented objectives; undefined metrics are None).
 
 Encoders are 64-d, 2-block ViTs on 64-px chips (patch 8), so a whole probe takes about a second.
 """
@@ -20,7 +21,7 @@ from safetensors.torch import load_file
 from sarmae.data.synth import write_dataset
 from sarmae.errors import CheckpointError, DataError
 from sarmae.experiments import probe
-from sarmae.experiments.probe import RANDOM_LABEL, average_precision, run_probe
+from sarmae.experiments.probe import RANDOM_LABEL, run_probe
 from sarmae.models.checkpoints import save_encoder_safetensors
 from sarmae.models.mae import build_mae
 
@@ -249,26 +250,61 @@ def test_bad_inputs_give_one_line_errors(synth_root, tmp_path):
     one_line(exc)
 
 
-# -- metric helpers ------------------------------------------------------------------------------------------------
+# -- the probes on planted toy problems -----------------------------------------------------------------------------
 
 
-def test_average_precision_matches_hand_computed_values():
-    # scikit-learn's documented example: average_precision_score([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) = 0.8333
-    assert average_precision(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(5 / 6)
-    assert average_precision(np.array([3.0, 2.0, 1.0]), np.array([1, 1, 0])) == 1.0
-    assert average_precision(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5  # ties form one threshold
-    assert math.isnan(average_precision(np.array([0.2, 0.1]), np.array([0, 0])))
+def toy_features(n: int, seed: int) -> torch.Tensor:
+    """float32 like encoder tokens, on a scale and offset the standardisation has to undo."""
+    gen = torch.Generator().manual_seed(seed)
+    return 3.0 * torch.randn(n, 5, generator=gen) + torch.tensor([1.0, -2.0, 0.5, 4.0, 0.0])
 
 
-def test_logistic_and_ridge_fits_recover_a_planted_rule():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(400, 5, generator=gen, dtype=torch.float64)
-    y = (x[:, 0] - 0.5 * x[:, 1] > 0.2)
-    w = probe.fit_logistic(x, y)
-    assert w[0] > 0 and w[1] < 0 and w[2:5].abs().max() < 0.3 * w[0]
-    assert average_precision(probe.logistic_scores(w, x), y.numpy()) > 0.97
-    target = torch.stack([0.3 * x[:, 2] + 0.5, -0.2 * x[:, 3] + 0.1], dim=1)
-    coef, bias = probe.fit_ridge(x, target, l2=1e-6)
-    torch.testing.assert_close(coef[2:4].diagonal(), torch.tensor([0.3, -0.2], dtype=torch.float64), atol=1e-4,
-                               rtol=0)
-    torch.testing.assert_close(bias, torch.tensor([0.5, 0.1], dtype=torch.float64), atol=1e-4, rtol=0)
+def test_probes_recover_planted_rules_and_give_none_where_undefined():
+    xt, xv = toy_features(400, 0), toy_features(200, 1)
+
+    def rule(x: torch.Tensor) -> np.ndarray:  # linearly separable in the raw features
+        return ((x[:, 0] - 1.0) - 0.5 * (x[:, 1] + 2.0) > 0.6).numpy()
+
+    obj = probe.probe_objectness(xt, xv, rule(xt), rule(xv))
+    assert obj["AP"] > 0.97 and obj["chance"] == pytest.approx(rule(xv).mean(), abs=1e-6), obj
+    assert (obj["positives_train"], obj["n_train"], obj["n_val"]) == (int(rule(xt).sum()), 400, 200)
+    assert probe.probe_objectness(xt, xv, rule(xt), np.zeros(200, bool))["AP"] is None  # no val positive
+    assert probe.probe_objectness(xt, xv, np.zeros(400, bool), rule(xv))["AP"] is None  # one train class
+
+    presence_t = np.stack([rule(xt), np.zeros(400, bool), rule(xt)], axis=1)
+    presence_v = np.stack([rule(xv), rule(xv), np.zeros(200, bool)], axis=1)
+    pres = probe.probe_presence(xt, xv, presence_t, presence_v, ["a", "b", "c"])
+    assert list(pres["AP_per_class"]) == ["a"] and pres["mAP"] == pres["AP_per_class"]["a"] > 0.97
+    assert pres["skipped_classes"] == {"b": "0 of 400 train chips positive", "c": "no positive val chip"}
+    assert pres["chance"] == pytest.approx(rule(xv).mean(), abs=1e-6)
+
+    def offset(x: torch.Tensor) -> np.ndarray:
+        return torch.stack([0.5 + 0.05 * x[:, 2], 0.4 - 0.04 * x[:, 3]], dim=1).numpy().astype(np.float64)
+
+    loc = probe.probe_localisation(xt, xv, offset(xt), offset(xv))
+    # ridge_l2 = 1 on standardised features halves a lone feature's slope: R^2 about 0.75, MAE about half
+    assert loc["R2"] > 0.6 and loc["R2_constant"] <= 0.0 and loc["MAE"] < 0.6 * loc["MAE_constant"], loc
+    constant_dy = offset(xv)
+    constant_dy[:, 1] = 0.5
+    assert probe.probe_localisation(xt, xv, offset(xt), constant_dy)["R2"] is None  # R^2 undefined: None
+    assert probe.probe_localisation(xt[:1], xv, offset(xt)[:1], offset(xv))["MAE"] is None  # too few to fit
+
+
+def test_fits_minimise_the_documented_objectives():
+    """The scikit-learn models minimise what PROTOCOL states (C and alpha mapped right, intercepts free):
+    logistic sum(log-loss) + |w|^2 / (2 logistic_C), ridge mean squared error + ridge_l2 |w|^2."""
+    x, _ = probe.standardise(toy_features(400, 0), toy_features(10, 1))
+    assert np.abs(x.mean(0)).max() < 1e-12 and np.abs(x.std(0) - 1).max() < 1e-12
+    y = x[:, 0] - 0.5 * x[:, 1] + np.random.default_rng(0).normal(0, 0.5, 400) > 0.2
+    model = probe.fit_logistic(x, y)
+    p = 1 / (1 + np.exp(-model.decision_function(x)))
+    grad_w = x.T @ (p - y) + model.coef_.ravel() / probe.LOGISTIC_C
+    assert np.abs(grad_w).max() < 1e-6 and abs((p - y).sum()) < 1e-6
+    assert np.abs(model.coef_).max() > 0.5  # not shrunk to nothing: the penalty is on the summed loss
+
+    target = np.stack([0.3 * x[:, 2] + 0.5, -0.2 * x[:, 3] + 0.1], axis=1)
+    ridge = probe.fit_ridge(x, target)
+    residual = ridge.predict(x) - target
+    grad = 2 * x.T @ residual / len(x) + 2 * probe.RIDGE_L2 * ridge.coef_.T
+    assert np.abs(grad).max() < 1e-10 and np.abs(residual.mean(0)).max() < 1e-10
+    np.testing.assert_allclose(ridge.coef_[[0, 1], [2, 3]], [0.15, -0.1], atol=0.02)  # about halved by l2 = 1

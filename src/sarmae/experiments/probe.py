@@ -13,9 +13,9 @@ tasks are trained on the ``train`` split and scored on ``val`` of a SARDet-100K 
    that centre's offset (dx, dy) in [0, 1] inside the patch; mean absolute error in patch units and R^2,
    next to the constant predictor (the train mean).
 
-Features are standardised with train statistics; every fit is closed-form (ridge) or Newton's method to
-convergence (logistic), with fixed L2 strengths (:data:`LOGISTIC_C`, :data:`RIDGE_L2`): no per-encoder tuning,
-nothing chosen on val.
+Features are standardised with train statistics; every fit is scikit-learn's, closed-form (ridge) or Newton's
+method to convergence (logistic), with fixed L2 strengths (:data:`LOGISTIC_C`, :data:`RIDGE_L2`): no per-encoder
+tuning, nothing chosen on val.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import average_precision_score, r2_score
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 from torchvision.transforms.v2 import functional as TF
 
 from sarmae.config import load_yaml
@@ -49,9 +52,16 @@ from sarmae.models.vit import VIT_SIZES
 # logistic: 1/2 |w|^2 on the *summed* log-loss, i.e. scikit-learn's default C = 1 (l2 = 1 / N on the mean loss);
 # ridge: l2 = 1 on the *mean* squared error, i.e. shrinkage on the scale of one standardised feature's variance.
 # A-priori conventions, checked once by 5-fold CV on the synthetic train split with random-init ViTs (both sit in
-# the flat optimum of their task); never chosen on val, never per encoder.
+# the flat optimum of their task); never chosen on val, never per encoder. How they map onto scikit-learn:
+# LogisticRegression minimises C * sum(log-loss) + |w|^2 / 2 (intercept free with its newton-cholesky and lbfgs
+# solvers), the same minimiser as sum(log-loss) + |w|^2 / (2 C): LOGISTIC_C is passed as C unchanged. Ridge
+# minimises sum(|x w + b - y|^2) + alpha |w|^2 (intercept free) = N (mean squared error + alpha / N |w|^2): alpha is
+# RIDGE_L2 * N, N the number of train rows of that fit.
 LOGISTIC_C = 1.0
 RIDGE_L2 = 1.0
+# Newton's method (scikit-learn's newton-cholesky) to max |gradient of the mean loss + penalty| < NEWTON_GRAD_TOL:
+# converged to ~1e-8 in the weights, so the metrics do not depend on the solver's path. lbfgs at its default
+# tol = 1e-4 stops early enough to move APs in the third decimal, and at a tol that does not is ~3x slower here.
 NEWTON_MAX_ITER = 50
 NEWTON_GRAD_TOL = 1e-9
 BATCH = 32  # images per encoder forward
@@ -71,8 +81,9 @@ PROTOCOL = {
     "localisation": "patches holding exactly one box centre: ridge regression to the centre's (dx, dy) in [0, 1] "
     "inside the patch; metrics MAE in patch units (mean over dx and dy) and R^2 (mean over dx and dy) on val, "
     "with the constant predictor (train mean) as baseline",
-    "solver": f"logistic: Newton's method (<= {NEWTON_MAX_ITER} steps, backtracking, max |grad| < "
-    f"{NEWTON_GRAD_TOL:g}); ridge: closed form; float64",
+    "solver": f"scikit-learn; logistic: LogisticRegression(solver='newton-cholesky', max_iter={NEWTON_MAX_ITER}, "
+    f"tol={NEWTON_GRAD_TOL:g}), scored by its decision function; ridge: Ridge (closed form) with alpha = ridge_l2 * "
+    "n_train; features z-scored by StandardScaler fit on train; float64",
     "logistic_C": LOGISTIC_C,
     "ridge_l2": RIDGE_L2,
     "regularisation": "logistic: sum of log-losses + |w|^2 / (2 C) (scikit-learn's C); ridge: mean squared error "
@@ -321,91 +332,38 @@ def targets(split: Split, patch: int) -> Targets:
 # -- probes ------------------------------------------------------------------------------------------
 
 
-def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """float64 copies centred and scaled by the train mean / std (constant features scaled by 1)."""
-    train = train.double()
-    mu, sd = train.mean(0), train.std(0)
-    sd = torch.where(sd > 1e-8, sd, torch.ones_like(sd))
-    return [(x.double() - mu) / sd for x in (train, *others)]
+def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[np.ndarray]:
+    """float64 copies z-scored with the train mean / std (scikit-learn's ``StandardScaler``: population std,
+    constant features scaled by 1)."""
+    scaler = StandardScaler().fit(np.asarray(train, dtype=np.float64))
+    return [scaler.transform(np.asarray(x, dtype=np.float64)) for x in (train, *others)]
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, c: float = LOGISTIC_C) -> torch.Tensor:
-    """L2-regularised logistic regression by Newton's method; returns (D + 1,) weights, intercept last.
-
-    Minimises sum(softplus(z) - y z) + |w|^2 / (2 c), z = x w + b (scikit-learn's ``C``), computed as the mean
-    loss + l2 / 2 |w|^2 with l2 = 1 / (c N). Strictly convex when y has both classes, so the result does not
-    depend on a start point, step size or iteration budget."""
-    n, d = x.shape
-    l2 = 1.0 / (c * n)
-    xa = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], dim=1)
-    y = y.to(x.dtype)
-    pen = torch.full((d + 1,), float(l2), dtype=x.dtype)
-    pen[-1] = 0.0
-    w = torch.zeros(d + 1, dtype=x.dtype)
-    rate = y.mean().clamp(1e-6, 1 - 1e-6)
-    w[-1] = torch.log(rate / (1 - rate))
-
-    def objective(weights: torch.Tensor) -> torch.Tensor:
-        z = xa @ weights
-        return (F.softplus(z) - y * z).mean() + 0.5 * (pen * weights * weights).sum()
-
-    value = objective(w)
-    for _ in range(NEWTON_MAX_ITER):
-        p = torch.sigmoid(xa @ w)
-        grad = xa.T @ (p - y) / n + pen * w
-        if grad.abs().max() < NEWTON_GRAD_TOL:
-            break
-        hess = (xa.T * (p * (1 - p))) @ xa / n + torch.diag(pen + 1e-12)
-        step = torch.linalg.solve(hess, grad)
-        t = 1.0
-        while True:
-            trial = w - t * step
-            trial_value = objective(trial)
-            if trial_value <= value - 1e-4 * t * (grad @ step) or t < 1e-6:
-                break
-            t *= 0.5
-        if trial_value > value:
-            break
-        w, value = trial, trial_value
-    return w
+def fit_logistic(x: np.ndarray, y: np.ndarray) -> LogisticRegression:
+    """sum(log-loss) + |w|^2 / (2 LOGISTIC_C), intercept free, solved to convergence (see :data:`LOGISTIC_C`)."""
+    return LogisticRegression(C=LOGISTIC_C, solver="newton-cholesky", max_iter=NEWTON_MAX_ITER,
+                              tol=NEWTON_GRAD_TOL).fit(x, y)
 
 
-def logistic_scores(w: torch.Tensor, x: torch.Tensor) -> np.ndarray:
-    return (x @ w[:-1] + w[-1]).numpy()
+def fit_ridge(x: np.ndarray, y: np.ndarray) -> Ridge:
+    """mean(|x w + b - y|^2) + RIDGE_L2 |w|^2, intercept free: scikit-learn's summed loss with alpha = RIDGE_L2 N."""
+    return Ridge(alpha=RIDGE_L2 * len(x)).fit(x, y)
 
 
-def fit_ridge(x: torch.Tensor, y: torch.Tensor, l2: float = RIDGE_L2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Closed-form ridge, mean(|x w + b - y|^2) + l2 |w|^2 with a free intercept; returns (w (D, T), b (T,))."""
-    y = y.to(x.dtype)
-    xm, ym = x.mean(0), y.mean(0)
-    xc, yc = x - xm, y - ym
-    n, d = x.shape
-    w = torch.linalg.solve(xc.T @ xc / n + l2 * torch.eye(d, dtype=x.dtype), xc.T @ yc / n)
-    return w, ym - xm @ w
-
-
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the step precision-recall curve, sum_n (R_n - R_{n-1}) P_n, tied scores taken together
-    (the definition of sklearn's ``average_precision_score``). NaN when there is no positive."""
-    labels = np.asarray(labels, dtype=bool)
-    if not labels.any():
-        return float("nan")
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
-    s, y = np.asarray(scores, dtype=np.float64)[order], labels[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each run of tied scores
-    tp = np.cumsum(y)[last]
-    fp = np.cumsum(~y)[last]
-    precision = tp / (tp + fp)
-    recall = tp / tp[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+def _fit_threads() -> threadpool_limits:
+    """scikit-learn's BLAS / OpenMP threads = torch's intra-op threads (the fits ran in torch before): one thread
+    setting for the whole probe, and no thrashing where the caller asked torch for fewer threads than cores (two
+    BLAS threads on a busy 2-core machine made the objectness fit ~15x slower). Entered once per probe, not per
+    fit: finding the thread pools reads the process's libraries (~3 ms)."""
+    return threadpool_limits(limits=torch.get_num_threads())
 
 
 def r_squared(pred: np.ndarray, true: np.ndarray) -> float | None:
-    """Mean over outputs of 1 - SS_res / SS_tot (val mean); None when an output is constant on val."""
-    ss_tot = ((true - true.mean(0)) ** 2).sum(0)
-    if len(true) < 2 or (ss_tot <= 0).any():
+    """Mean over outputs of R^2 against the val mean; None (not scikit-learn's 0 or 1) when an output is constant
+    on val or there are fewer than 2 rows."""
+    if len(true) < 2 or (true.min(0) == true.max(0)).any():
         return None
-    return float(np.mean(1 - ((true - pred) ** 2).sum(0) / ss_tot))
+    return float(r2_score(true, pred))
 
 
 def _round(value: float | None) -> float | None:
@@ -415,16 +373,17 @@ def _round(value: float | None) -> float | None:
 def probe_presence(train_feat, val_feat, train_y: np.ndarray, val_y: np.ndarray, names) -> dict:
     xt, xv = standardise(train_feat, val_feat)
     per_class, skipped = {}, {}
-    for k, name in enumerate(names):
-        pos_train, pos_val = int(train_y[:, k].sum()), int(val_y[:, k].sum())
-        if pos_train in (0, len(train_y)):
-            skipped[name] = f"{pos_train} of {len(train_y)} train chips positive"
-            continue
-        if pos_val == 0:
-            skipped[name] = "no positive val chip"
-            continue
-        w = fit_logistic(xt, torch.from_numpy(train_y[:, k]))
-        per_class[name] = _round(average_precision(logistic_scores(w, xv), val_y[:, k]))
+    with _fit_threads():
+        for k, name in enumerate(names):
+            pos_train, pos_val = int(train_y[:, k].sum()), int(val_y[:, k].sum())
+            if pos_train in (0, len(train_y)):
+                skipped[name] = f"{pos_train} of {len(train_y)} train chips positive"
+                continue
+            if pos_val == 0:
+                skipped[name] = "no positive val chip"
+                continue
+            model = fit_logistic(xt, train_y[:, k])
+            per_class[name] = _round(average_precision_score(val_y[:, k], model.decision_function(xv)))
     scored = [names.index(n) for n in per_class]
     return {
         "mAP": _round(float(np.mean(list(per_class.values())))) if per_class else None,
@@ -443,8 +402,9 @@ def probe_objectness(train_tok, val_tok, train_y: np.ndarray, val_y: np.ndarray)
     if train_y.all() or not train_y.any() or not val_y.any():
         return result
     xt, xv = standardise(train_tok, val_tok)
-    w = fit_logistic(xt, torch.from_numpy(train_y))
-    result["AP"] = _round(average_precision(logistic_scores(w, xv), val_y))
+    with _fit_threads():
+        model = fit_logistic(xt, train_y)
+        result["AP"] = _round(average_precision_score(val_y, model.decision_function(xv)))
     return result
 
 
@@ -454,8 +414,8 @@ def probe_localisation(train_tok, val_tok, train_t: np.ndarray, val_t: np.ndarra
     if len(train_t) < 2 or len(val_t) < 1:
         return result
     xt, xv = standardise(train_tok, val_tok)
-    w, b = fit_ridge(xt, torch.from_numpy(train_t))
-    pred = (xv @ w + b).numpy()
+    with _fit_threads():
+        pred = fit_ridge(xt, train_t).predict(xv)
     const = np.broadcast_to(train_t.mean(0), val_t.shape)
     result.update(MAE=_round(float(np.abs(pred - val_t).mean())), R2=_round(r_squared(pred, val_t)),
                   MAE_constant=_round(float(np.abs(const - val_t).mean())), R2_constant=_round(r_squared(const, val_t)))
