@@ -10,7 +10,8 @@ from sarmae.train.finetune import finetune_config
 from sarmae.train.pretrain import pretrain_config
 
 
-def fake_machine(monkeypatch, *, avx512_bf16=False, amx=False, cuda=False, cuda_bf16=False):
+def fake_machine(monkeypatch, *, avx512_bf16=False, amx=False, cuda=False, cuda_bf16=False, capability="AVX512"):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
@@ -24,6 +25,7 @@ def fake_machine(monkeypatch, *, avx512_bf16=False, amx=False, cuda=False, cuda_
     ({"cuda": True, "cuda_bf16": True}, "bf16-mixed"),    # Ampere and later
     ({"cuda": True}, "16-mixed"),                         # V100, T4: fp16 with loss scaling
     ({"cuda": True, "cuda_bf16": True, "avx512_bf16": False}, "bf16-mixed"),
+    ({"avx512_bf16": True, "capability": "AVX2"}, "32-true"),  # ATEN_CPU_CAPABILITY=avx2: as an AVX2-only CPU
 ])
 def test_auto_follows_the_hardware(monkeypatch, machine, expected):
     fake_machine(monkeypatch, **machine)

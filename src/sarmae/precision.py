@@ -20,8 +20,11 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16)."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16) and PyTorch may use them: a
+    process capped below AVX-512 (``ATEN_CPU_CAPABILITY=avx2``, how the benchmarks stand in for an AVX2-only
+    CPU) runs as that CPU would, in float32."""
+    capped = torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "NO AVX", "AVX2")
+    return not capped and bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def gpu_has_native_bf16() -> bool:

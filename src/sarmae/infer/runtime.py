@@ -4,21 +4,24 @@ sliced scenes, evaluation and the Python API run it unchanged. The runtimes are 
 and imported only here, when a model file is opened.
 
 The runtime follows the file: ``.onnx`` -> ONNX Runtime (CPU), ``.xml`` -> OpenVINO (CPU, float32 inference
-precision unless the model is INT8: OpenVINO would otherwise pick bf16 on CPUs that have it and drift from the
-PyTorch outputs). Both run with the process's thread budget and without busy-waiting, which on a shared 2-core
-machine costs more than it gains.
+precision unless the model is INT8 and the CPU has native bf16: OpenVINO would otherwise pick bf16 on CPUs that
+have it and drift from the PyTorch outputs). The file is parsed once, by the runtime, metadata included. Both
+run with the process's thread budget and without busy-waiting, which on a shared 2-core machine costs more than it
+gains.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sarmae.errors import CheckpointError, SarmaeError
+from sarmae.precision import cpu_has_native_bf16
 
 SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino"}
 METADATA_KEY = "sarmae"  # the JSON an exported file carries (ONNX metadata_props / OpenVINO rt_info)
@@ -45,20 +48,24 @@ class RuntimeModel:
         self.path = Path(path)
         self.runtime = SUFFIXES[self.path.suffix]
         self.threads = int(threads or torch.get_num_threads())
-        self.metadata = read_metadata(self.path)
         if self.runtime == "onnxruntime":
             ort = require("onnxruntime")
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            session = _opened(self.path, lambda: ort.InferenceSession(str(self.path), options,
+                                                                      providers=["CPUExecutionProvider"]))
+            self.metadata = _parsed(self.path, session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
             self._run = lambda image: session.run(["boxes", "scores", "labels"], {"image": image})
         else:
             ov = require("openvino")
+            core = ov.Core()
+            model = _opened(self.path, lambda: core.read_model(str(self.path)))
+            self.metadata = _parsed(self.path, _rt_info(model))
             hints = {"INFERENCE_NUM_THREADS": self.threads}
-            if not self.metadata.get("int8"):
+            if not self.metadata.get("int8") or not cpu_has_native_bf16():
                 hints["INFERENCE_PRECISION_HINT"] = "f32"
-            compiled = ov.Core().compile_model(str(self.path), "CPU", hints)
+            compiled = core.compile_model(model, "CPU", hints)
             outputs = [compiled.output(name) for name in ("boxes", "scores", "labels")]
 
             def run(image: Any) -> list:
@@ -86,23 +93,32 @@ class RuntimeModel:
 
 
 def read_metadata(path: Path) -> dict:
-    """The JSON metadata ``sarmae export`` stored in an ONNX / OpenVINO model file."""
+    """The JSON metadata ``sarmae export`` stored in an ONNX / OpenVINO model file (without loading a runtime)."""
     path = Path(path)
+    if path.suffix == ".onnx":
+        onnx = require("onnx")
+        model = _opened(path, lambda: onnx.load(str(path), load_external_data=False))
+        return _parsed(path, {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY))
+    ov = require("openvino")
+    return _parsed(path, _rt_info(_opened(path, lambda: ov.Core().read_model(str(path)))))
+
+
+def _opened(path: Path, open_model: Callable[[], Any]) -> Any:
+    """``open_model()``, or one line when ``path`` is missing or is not a model file."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
     try:
-        if path.suffix == ".onnx":
-            onnx = require("onnx")
-            model = onnx.load(str(path), load_external_data=False)
-            text = {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
-        else:
-            ov = require("openvino")
-            model = ov.Core().read_model(str(path))
-            text = model.get_rt_info([METADATA_KEY]).astype(str) if model.has_rt_info([METADATA_KEY]) else None
-    except CheckpointError:
-        raise
+        return open_model()
     except Exception as exc:  # noqa: BLE001 (a damaged or foreign file: one line)
         raise CheckpointError(f"{path}: cannot be read as a model ({str(exc).strip().splitlines()[0][:160]})") from None
+
+
+def _rt_info(model: Any) -> str | None:
+    """The metadata JSON of an OpenVINO model (its rt_info entry), if any."""
+    return model.get_rt_info([METADATA_KEY]).astype(str) if model.has_rt_info([METADATA_KEY]) else None
+
+
+def _parsed(path: Path, text: str | None) -> dict:
     if not text:
         raise CheckpointError(f"{path}: no sarmae metadata; export the detector with `sarmae export CHECKPOINT`")
     return json.loads(text)
