@@ -5,6 +5,11 @@ inference time split between backbone (ViT), FPN, RPN and RoI heads.
     python benchmarks/detect_throughput.py --configs vitdet_b_sardet100k --batch 4 --steps 10
     python benchmarks/detect_throughput.py --inference-only --runtimes onnx onnx-int8 openvino openvino-int8
 
+``--isa avx2`` runs the whole benchmark as on a CPU without AVX-512 (no native bf16, no VNNI): the process is
+restarted with oneDNN, MKL and ATen capped to AVX2 (``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``,
+``ATEN_CPU_CAPABILITY``), which PyTorch and OpenVINO obey; ONNX Runtime picks its kernels from CPUID and cannot be
+capped, so its rows are left out. Same cores and clock: a stand-in for an AVX2-only CPU, not a measurement of one.
+
 ``--runtimes`` adds rows for the exported detector (``sarmae export``, needs ``sarmae[deploy]``): ONNX Runtime and
 OpenVINO, float32 and INT8 (calibrated on random images: the speed is what is measured here, not the accuracy),
 one image at a time, seconds per image beside PyTorch's.
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -119,14 +126,26 @@ def untrained_detector(config: str) -> Detector:
     return Detector.build(finetune_config(load_config(config)), classes)
 
 
+ISA_CAPS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
+
+
+def capped_to(isa: str | None) -> None:
+    """Restart this process with the libraries capped to ``isa`` (they read the caps once, when loaded)."""
+    caps = ISA_CAPS.get(isa or "", {})
+    if caps and any(os.environ.get(k) != v for k, v in caps.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **caps})
+
+
 def cpu_features() -> str:
-    """The CPU flags that decide which fast paths exist (native bf16, int8 dot products)."""
+    """The CPU flags that decide which fast paths exist (native bf16, int8 dot products), and any ISA cap."""
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
     except (OSError, IndexError):
         return "unknown"
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
-    return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
+    found = " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{found}; capped to {cap} (PyTorch, OpenVINO)" if cap else found
 
 
 def main() -> None:
@@ -140,7 +159,13 @@ def main() -> None:
                         "image on a small CPU)")
     parser.add_argument("--runtimes", nargs="*", default=[], choices=RUNTIMES,
                         help="exported runtimes to time beside PyTorch (sarmae[deploy])")
+    parser.add_argument("--isa", choices=sorted(ISA_CAPS), default=None,
+                        help="run as on a CPU with only this instruction set (see the module docstring)")
     args = parser.parse_args()
+    capped_to(args.isa)
+    if args.isa and any(r.startswith("onnx") for r in args.runtimes):
+        print("ONNX Runtime rows left out: it picks its kernels from CPUID and cannot be capped")
+        args.runtimes = [r for r in args.runtimes if not r.startswith("onnx")]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.precisions = args.precisions or benchmark_precisions(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"

@@ -185,6 +185,14 @@ def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_equals_an_uninter
     disarm()
     with pytest.raises(CheckpointError, match="stopped in the middle of epoch 1 with batch_size=8; resume with that"):
         pretrain(unlabeled, b, *common, "resume=auto", "batch_size=4")  # the position counts batches of 8
+    last = b / "weights" / "last.ckpt"
+    saved = last.read_bytes()
+    assert ckpt["world_size"] == 1
+    torch.save({**ckpt, "world_size": 2}, b / "edited.ckpt")  # as if the stopped run had trained on 2 processes
+    (b / "edited.ckpt").replace(last)  # a new file: ckpt's tensors are mapped from the old one
+    with pytest.raises(CheckpointError, match="stopped in the middle of epoch 1 on 2 processes; resume on 2"):
+        pretrain(unlabeled, b, *common, "resume=auto")  # each rank's position holds only for 2 ranks
+    last.write_bytes(saved)
     pretrain(unlabeled, b, *common, "resume=auto")
     assert_same_run(a, b)
 

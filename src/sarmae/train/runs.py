@@ -234,7 +234,8 @@ def restore_rng_state(state: dict[str, Any] | None) -> None:
 class SavesRngState:
     """LightningModule mixin (list it first): every checkpoint carries the RNG state and the module's running
     totals (:meth:`running_state`: e.g. losses summed since the last logged row), restored on resume, so a run
-    resumed in the middle of an epoch logs what an uninterrupted one would."""
+    resumed in the middle of an epoch logs what an uninterrupted one would. It also records the number of
+    processes: a mid-epoch position counts each rank's batches, so it holds only for the same number."""
 
     def running_state(self) -> dict[str, Any]:
         return {}
@@ -246,8 +247,15 @@ class SavesRngState:
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng_state"] = capture_rng_state()
         checkpoint["running_state"] = self.running_state()
+        checkpoint["world_size"] = self.trainer.world_size
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        stopped, now = checkpoint.get("world_size"), self.trainer.world_size
+        epoch, batches = resume_position(checkpoint)
+        if batches and stopped is not None and stopped != now:
+            raise CheckpointError(f"checkpoint {self.trainer.ckpt_path}: stopped in the middle of epoch {epoch} on "
+                                  f"{stopped} processes; resume on {stopped} (trainer.devices x trainer.num_nodes, "
+                                  f"not {now}), or from an epoch-end checkpoint")
         restore_rng_state(checkpoint.get("rng_state"))
         self.load_running_state(checkpoint.get("running_state") or {})
 
