@@ -32,7 +32,7 @@ from sarmae.config import load_config
 from sarmae.experiments.throughput import detection_speed, random_detection_batch
 from sarmae.infer.detector_io import Detector, inference_model, native_bf16
 from sarmae.models.vitdet import build_detector, keep_boxes_float32
-from sarmae.precision import benchmark_precisions
+from sarmae.precision import benchmark_precisions, cpu_features
 
 
 def sync(device: torch.device) -> None:
@@ -136,18 +136,6 @@ def capped_to(isa: str | None) -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **caps})
 
 
-def cpu_features() -> str:
-    """The CPU flags that decide which fast paths exist (native bf16, int8 dot products), and any ISA cap."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
-    except (OSError, IndexError):
-        return "unknown"
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
-    found = " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    return f"{found}; capped to {cap} (PyTorch, OpenVINO)" if cap else found
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["vitdet_b_sardet100k", "vitdet_tiny"])
@@ -169,7 +157,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.precisions = args.precisions or benchmark_precisions(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}, torch {torch.__version__}, CPU features: {cpu_features()}")
+    print(f"device: {name}, torch {torch.__version__}, CPU features: {' '.join(cpu_features())}")
     print(f"{'config':<22} {'size':>5} {'prec':<5} {'batch':>5} {'train img/s':>12} {'infer img/s':>12}  "
           "inference split")
     for config in args.configs:

@@ -27,6 +27,7 @@ from sarmae.data.coco import SARDET_CLASSES
 from sarmae.data.synth import generate_image
 from sarmae.infer.detector_io import Detector
 from sarmae.infer.sliced import predict_scene
+from sarmae.precision import cpu_features
 
 
 def write_scene(path: Path, size: int, chip: int = 512, seed: int = 0) -> Path:
@@ -78,7 +79,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch = args.batch or (8 if device.type == "cuda" else 2)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}, torch {torch.__version__}, scene {args.size}x{args.size} uint8, batch {batch}")
+    print(f"device: {name}, torch {torch.__version__}, CPU features: {' '.join(cpu_features())}, "
+          f"scene {args.size}x{args.size} uint8, batch {batch}")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         scene = write_scene(Path(tmp) / "scene.tif", args.size)

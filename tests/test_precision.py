@@ -5,7 +5,7 @@ import torch
 
 from sarmae.config import load_config
 from sarmae.errors import ConfigError
-from sarmae.precision import auto_precision, benchmark_precisions, resolve_precision
+from sarmae.precision import CPU_FEATURES, auto_precision, benchmark_precisions, cpu_features, resolve_precision
 from sarmae.train.finetune import finetune_config
 from sarmae.train.pretrain import pretrain_config
 
@@ -65,3 +65,12 @@ def test_every_shipped_config_defaults_to_auto_and_the_complete_config_records_t
         fake_machine(monkeypatch, **machine)
         assert complete(load_config(config))["trainer"]["precision"] == expected
     assert complete(load_config(config, ["trainer.precision=32-true"]))["trainer"]["precision"] == "32-true"
+
+
+def test_cpu_features_name_the_instruction_sets_and_a_cap(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    found = cpu_features()
+    assert set(found) <= set(CPU_FEATURES)
+    assert ("avx512_bf16" in found) == bool(torch.cpu._is_avx512_bf16_supported())  # the flags torch sees
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # how the benchmarks stand in for an AVX2-only CPU
+    assert cpu_features() == [*found, "capped to AVX2"]

@@ -12,6 +12,9 @@ value always wins.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 from sarmae.errors import ConfigError
@@ -25,6 +28,24 @@ def cpu_has_native_bf16() -> bool:
     CPU) runs as that CPU would, in float32."""
     capped = torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "NO AVX", "AVX2")
     return not capped and bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+
+
+def cpu_features() -> list[str]:
+    """The CPU's instruction sets that decide the fast paths (native bf16, int8 dot products), from
+    ``/proc/cpuinfo``, and ``capped to X`` when the libraries are capped below them (``ONEDNN_MAX_CPU_ISA``): what
+    to write beside every number measured on a CPU."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ["unknown"]
+    flags = next((set(line.partition(":")[2].split()) for line in text.splitlines()
+                  if line.partition(":")[0].strip() == "flags"), set())
+    found = [f for f in CPU_FEATURES if f in flags]
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return found + ([f"capped to {cap}"] if cap else [])
 
 
 def gpu_has_native_bf16() -> bool:

@@ -17,6 +17,7 @@ Every step is resumable: run the same command again after an interruption.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -231,18 +232,13 @@ def machine() -> dict:
     """The machine a result came from: CPU model, the instruction sets that decide its precision, threads."""
     import torch
 
-    flags, model = set(), platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "flags":
-                flags = set(value.split())
-            elif key.strip() == "model name":
-                model = value.strip()
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    return {"cpu": model, "features": [f for f in wanted if f in flags], "cores": os.cpu_count(),
+    from sarmae.precision import cpu_features
+
+    model = platform.processor()
+    with contextlib.suppress(OSError):
+        model = next((line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.partition(":")[0].strip() == "model name"), model)
+    return {"cpu": model, "features": cpu_features(), "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
