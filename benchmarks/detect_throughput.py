@@ -7,8 +7,10 @@ inference time split between backbone (ViT), FPN, RPN and RoI heads.
 
 ``--isa avx2`` runs the whole benchmark as on a CPU without AVX-512 (no native bf16, no VNNI): the process is
 restarted with oneDNN, MKL and ATen capped to AVX2 (``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``,
-``ATEN_CPU_CAPABILITY``), which PyTorch and OpenVINO obey; ONNX Runtime picks its kernels from CPUID and cannot be
-capped, so its rows are left out. Same cores and clock: a stand-in for an AVX2-only CPU, not a measurement of one.
+``ATEN_CPU_CAPABILITY``): PyTorch obeys them, OpenVINO's oneDNN kernels do, but the MLAS matrix products OpenVINO
+uses for some float32 linear layers pick their kernels from CPUID, as ONNX Runtime does, so its rows are left out
+(bf16 is then emulated: ``--precisions fp32 bf16`` times it anyway). Same cores and clock: a stand-in for an
+AVX2-only CPU, not a measurement of one.
 
 ``--runtimes`` adds rows for the exported detector (``sarmae export``, needs ``sarmae[deploy]``): ONNX Runtime and
 OpenVINO, float32 and INT8 (calibrated on random images: the speed is what is measured here, not the accuracy),
@@ -133,7 +135,7 @@ def capped_to(isa: str | None) -> None:
     """Restart this process with the libraries capped to ``isa`` (they read the caps once, when loaded)."""
     caps = ISA_CAPS.get(isa or "", {})
     if caps and any(os.environ.get(k) != v for k, v in caps.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **caps})
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, **caps})
 
 
 def main() -> None:

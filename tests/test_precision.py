@@ -10,8 +10,14 @@ from sarmae.train.finetune import finetune_config
 from sarmae.train.pretrain import pretrain_config
 
 
-def fake_machine(monkeypatch, *, avx512_bf16=False, amx=False, cuda=False, cuda_bf16=False, capability="AVX512"):
+def fake_machine(monkeypatch, *, avx512_bf16=False, amx=False, cuda=False, cuda_bf16=False, capability="AVX512",
+                 onednn=None):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability.lower())
+    if onednn:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
+    else:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
@@ -26,6 +32,8 @@ def fake_machine(monkeypatch, *, avx512_bf16=False, amx=False, cuda=False, cuda_
     ({"cuda": True}, "16-mixed"),                         # V100, T4: fp16 with loss scaling
     ({"cuda": True, "cuda_bf16": True, "avx512_bf16": False}, "bf16-mixed"),
     ({"avx512_bf16": True, "capability": "AVX2"}, "32-true"),  # ATEN_CPU_CAPABILITY=avx2: as an AVX2-only CPU
+    ({"avx512_bf16": True, "onednn": "AVX2"}, "32-true"),      # ONEDNN_MAX_CPU_ISA=AVX2 (OpenVINO obeys it too)
+    ({"avx512_bf16": True, "onednn": "AVX512_CORE_BF16"}, "bf16-mixed"),  # a cap that keeps bf16
 ])
 def test_auto_follows_the_hardware(monkeypatch, machine, expected):
     fake_machine(monkeypatch, **machine)
@@ -69,6 +77,7 @@ def test_every_shipped_config_defaults_to_auto_and_the_complete_config_records_t
 
 def test_cpu_features_name_the_instruction_sets_and_a_cap(monkeypatch):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     found = cpu_features()
     assert set(found) <= set(CPU_FEATURES)
     assert ("avx512_bf16" in found) == bool(torch.cpu._is_avx512_bf16_supported())  # the flags torch sees

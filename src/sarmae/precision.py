@@ -22,12 +22,25 @@ from sarmae.errors import ConfigError
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
 
 
+# ISA caps below native bf16: ATen's capability (ATEN_CPU_CAPABILITY) and oneDNN's (ONEDNN_MAX_CPU_ISA, which
+# OpenVINO's oneDNN kernels obey too), how the benchmarks stand in for an AVX2-only CPU.
+_BELOW_BF16 = {"aten": ("DEFAULT", "NO AVX", "AVX2"),
+               "onednn": ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")}
+
+
+def isa_cap() -> str | None:
+    """The instruction-set cap this process runs under, if it is below native bf16 (e.g. ``AVX2``), else None."""
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if onednn in _BELOW_BF16["onednn"]:
+        return onednn
+    aten = torch.backends.cpu.get_cpu_capability()
+    return aten if aten in _BELOW_BF16["aten"] and os.environ.get("ATEN_CPU_CAPABILITY") else None
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16) and PyTorch may use them: a
-    process capped below AVX-512 (``ATEN_CPU_CAPABILITY=avx2``, how the benchmarks stand in for an AVX2-only
-    CPU) runs as that CPU would, in float32."""
-    capped = torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "NO AVX", "AVX2")
-    return not capped and bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16) and the libraries may use them: a
+    process capped below them (:func:`isa_cap`) runs as such a CPU would, in float32."""
+    return isa_cap() is None and bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
@@ -35,8 +48,8 @@ CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "am
 
 def cpu_features() -> list[str]:
     """The CPU's instruction sets that decide the fast paths (native bf16, int8 dot products), from
-    ``/proc/cpuinfo``, and ``capped to X`` when the libraries are capped below them (``ONEDNN_MAX_CPU_ISA``): what
-    to write beside every number measured on a CPU."""
+    ``/proc/cpuinfo``, and ``capped to X`` when the libraries are capped below them (:func:`isa_cap`): what to write
+    beside every number measured on a CPU."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -44,7 +57,7 @@ def cpu_features() -> list[str]:
     flags = next((set(line.partition(":")[2].split()) for line in text.splitlines()
                   if line.partition(":")[0].strip() == "flags"), set())
     found = [f for f in CPU_FEATURES if f in flags]
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    cap = isa_cap()
     return found + ([f"capped to {cap}"] if cap else [])
 
 

@@ -65,7 +65,7 @@ class RuntimeModel:
             hints = {"INFERENCE_NUM_THREADS": self.threads}
             if not self.metadata.get("int8") or not cpu_has_native_bf16():
                 hints["INFERENCE_PRECISION_HINT"] = "f32"
-            compiled = core.compile_model(model, "CPU", hints)
+            compiled = _opened(self.path, lambda: core.compile_model(model, "CPU", hints))
             outputs = [compiled.output(name) for name in ("boxes", "scores", "labels")]
 
             def run(image: Any) -> list:
