@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate the synthetic benchmark (cached), fine-tune ViTDet from scratch and from the tiny MAE "
         "encoders shipped with sarmae (pre-trained once on the demo's natural-image and SAR pools) with one recipe "
         "and several seeds, evaluate, probe the encoders, and print the tables with paired differences and 95 %% "
-        "intervals. encoders=pretrain makes the encoders in the run (200 MAE epochs: ~75 more minutes on 2 cores); "
+        "intervals. encoders=pretrain makes the encoders in the run (200 MAE epochs: ~50-75 more minutes on 2 cores); "
         "rows=[natural,sar_pixels,sar_gradients] adds the SAR gradient-target row. Sizes and epochs live in the "
         "shipped demo/ configs.",
     )
